@@ -1,0 +1,406 @@
+"""dit4dit-train: train a DiT4DiT policy on a LeRobot dataset (or a synthetic task) into a g1.pt checkpoint.
+
+    dit4dit-train --data data/g1_tasks --preset small --out g1.pt --steps 10000
+    dit4dit-train --data synthetic:moving_dot --preset tiny --out /tmp/dot.pt --steps 300
+    torchrun --nproc-per-node 2 -m dit4dit.policy.train --data ... --preset small --out g1.pt   # DDP (gloo on CPU)
+
+Two stages in one run (and one resumable step counter):
+  1. frame tokenizer (presets without a pretrained one): the conv autoencoder learns to reconstruct the training
+     frames for --tokenizer-steps steps; then its per-channel latent statistics are measured and it is frozen.
+     A separate stage (not a joint reconstruction loss) keeps the latent space fixed while the DiTs learn on it,
+     and lets every frame be encoded once, up front, which makes the DiT stage several times faster on a CPU.
+  2. policy: the dual flow-matching objective (policy/flow.py) on the video DiT and action DiT (or the image
+     feature encoder and action DiT with --ablation image_features), AdamW, warm-up + cosine LR, gradient
+     clipping, EMA weights (what g1.pt holds).
+Checkpoints: --out (EMA weights + metadata, what the server loads) and <out stem>.resume.pt (raw weights, EMA,
+optimiser, step) every --save-every steps and at the end; --resume continues bit-for-bit from the latter.
+Random draws come from a generator seeded by (seed, rank, step), so a run is deterministic with --seed and a
+resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from .checkpoint import build_metadata, save_checkpoint
+from .data import TrainingData, TrainingDataError, load_training_data
+from .flow import dual_flow_matching_loss
+from .model import DiT4DiT, DiT4DiTConfig, PRESETS, load_component, preset_config
+from .normalize import Normalizer
+from .text import Vocabulary
+
+RESUME_FORMAT = "dit4dit-train-state"
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dit4dit-train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="LeRobot v2.1 dataset folder, or synthetic:moving_dot")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--out", required=True, help="checkpoint to write (e.g. g1.pt)")
+    p.add_argument("--steps", type=int, default=10000, help="policy (DiT) training steps")
+    p.add_argument("--tokenizer-steps", type=int, default=1500, help="frame autoencoder steps (stage 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
+    p.add_argument("--tokenizer-batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--video-lr", type=float, default=None, help="LR of the video DiT (default: --lr)")
+    p.add_argument("--tokenizer-lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: min(500, steps/10))")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from <out stem>.resume.pt")
+    p.add_argument("--ablation", choices=["image_features"], default=None,
+                   help="condition the action DiT on plain per-frame image features instead of video hidden states")
+    p.add_argument("--camera", default="head")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, e.g. --override image_size=96 (repeatable)")
+    p.add_argument("--flow", action="append", default=[], metavar="KEY=VALUE",
+                   help="flow config override, e.g. --flow action_trains_video=false --flow action_noise_repeats=8")
+    p.add_argument("--synthetic-episodes", type=int, default=32)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="end this invocation after N more steps (state saved; continue with --resume): for time-sliced jobs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.steps < 0 or args.tokenizer_steps < 0 or args.batch_size < 1:
+        p.error("--steps/--tokenizer-steps must be >= 0 and --batch-size >= 1")
+    return args
+
+
+def parse_overrides(items: list[str], what: str) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise TrainError(f"{what} override {item!r} must look like KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_config(args: argparse.Namespace, data: TrainingData) -> DiT4DiTConfig:
+    overrides = parse_overrides(args.override, "--override")
+    flow_overrides = parse_overrides(args.flow, "--flow")
+    base = preset_config(args.preset)
+    if flow_overrides:
+        fdict = base.flow.to_dict()
+        unknown = set(flow_overrides) - set(fdict)
+        if unknown:
+            raise TrainError(f"unknown --flow keys {sorted(unknown)}; known: {sorted(fdict)}")
+        fdict.update(flow_overrides)
+        overrides["flow"] = fdict
+    if args.ablation:
+        overrides["conditioning"] = args.ablation
+    overrides.update(state_dim=len(data.state_names), action_dim=len(data.action_names), camera=args.camera)
+    d = base.to_dict()
+    unknown = set(overrides) - set(d)
+    if unknown:
+        raise TrainError(f"unknown --override keys {sorted(unknown)}; known: {sorted(d)}")
+    d.update(overrides)
+    return DiT4DiTConfig.from_dict(d)
+
+
+# -- distributed helpers
+
+
+def dist_setup() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63))
+    return g
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_buffers(self, model: nn.Module) -> None:
+        """Take the frozen parts (tokenizer weights and latent statistics) verbatim."""
+        for k, v in model.state_dict().items():
+            if k.startswith("tokenizer.") or k == "extraction_noise":
+                self.shadow[k].copy_(v)
+
+
+class TrainStep(nn.Module):
+    """The loss as a module, so DDP can wrap it."""
+
+    def __init__(self, model: DiT4DiT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return dual_flow_matching_loss(self.model, batch, generator)
+
+
+class TokenizerStep(nn.Module):
+    def __init__(self, model: DiT4DiT) -> None:
+        super().__init__()
+        self.tokenizer = model.tokenizer
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.reconstruction_loss(frames)
+
+
+def frames_tensor(frames_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S) in [-1, 1] (the same scaling as Policy.infer)."""
+    return torch.from_numpy(frames_uint8).permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+@torch.no_grad()
+def encode_all(model: DiT4DiT, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+    model.tokenizer.eval()
+    return torch.cat([model.tokenizer.encode(frames_tensor(frames[i : i + batch]))
+                      for i in range(0, len(frames), batch)])  # (N, C, h, w)
+
+
+def make_batch(data: TrainingData, latents: torch.Tensor, text: torch.Tensor, state: torch.Tensor,
+               actions: torch.Tensor, cfg: DiT4DiTConfig, index: np.ndarray) -> dict[str, torch.Tensor]:
+    w = data.windows(index, cfg.context_frames, cfg.future_frames, cfg.future_stride, cfg.chunk_length)
+    return {
+        "context": latents[torch.from_numpy(w["context"])],  # (B, Tc, C, h, w)
+        "future": latents[torch.from_numpy(w["future"])],  # (B, Tf, C, h, w)
+        "text": text[torch.from_numpy(w["episode"])],  # (B, L)
+        "state": state[torch.from_numpy(index)],  # (B, S)
+        "actions": actions[torch.from_numpy(w["actions"])],  # (B, H, A)
+    }
+
+
+def resume_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".resume.pt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except (TrainError, TrainingDataError, ValueError, FileNotFoundError) as e:
+        print(f"dit4dit-train: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace) -> int:
+    rank, world = dist_setup()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    out = Path(args.out)
+    started = time.time()
+
+    image_size = int(parse_overrides(args.override, "--override").get("image_size", preset_config(args.preset).image_size))
+    data = load_training_data(args.data, image_size, args.camera, seed=args.seed,
+                              synthetic_episodes=args.synthetic_episodes)
+    cfg = build_config(args, data)
+    if cfg.image_size != data.frames.shape[1]:
+        raise TrainError(f"frames are {data.frames.shape[1]} px but the model takes {cfg.image_size}")
+
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    model = DiT4DiT(cfg).to(device)
+    if cfg.text_encoder_path:
+        blob = load_component(model.text, "text_encoder", cfg.text_encoder_path)
+        vocab = Vocabulary(blob["vocab"], cfg.max_text_len)
+    else:
+        vocab = Vocabulary.build(data.instructions, cfg.max_text_len, cfg.vocab_size)
+    pretrained_tokenizer = bool(cfg.tokenizer_path)
+    if pretrained_tokenizer:
+        load_component(model.tokenizer, "frame_tokenizer", cfg.tokenizer_path)
+    tokenizer_steps = 0 if pretrained_tokenizer else args.tokenizer_steps
+
+    state_norm, action_norm = Normalizer.fit(data.state), Normalizer.fit(data.action)
+    state_t = torch.from_numpy(state_norm.normalize(data.state)).to(device)
+    action_t = torch.from_numpy(action_norm.normalize(data.action)).to(device)
+    text_t = torch.from_numpy(vocab.encode([e.instruction for e in data.episodes])).to(device)
+
+    tok_opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=args.tokenizer_lr, weight_decay=0.0)
+    groups = [{"params": [p for n, p in model.named_parameters() if n.startswith("video.")],
+               "lr": args.video_lr or args.lr, "name": "video"},
+              {"params": [p for n, p in model.named_parameters()
+                          if not n.startswith(("video.", "tokenizer.")) and not (cfg.text_encoder_path and n.startswith("text."))],
+               "lr": args.lr, "name": "policy"}]
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    ema = EMA(model, args.ema)
+    step = 0  # counts tokenizer steps, then policy steps
+    history: list[dict[str, float]] = []
+
+    if args.resume:
+        rp = resume_path(out)
+        if not rp.is_file():
+            raise TrainError(f"--resume: no training state at {rp} (start without --resume)")
+        st = torch.load(str(rp), map_location="cpu", weights_only=True)
+        if st.get("format") != RESUME_FORMAT or st.get("config") != cfg.to_dict():
+            raise TrainError(f"{rp} was written for a different model/config; start without --resume or change --out")
+        model.load_state_dict(st["model"])
+        ema.shadow = {k: v.to(device) for k, v in st["ema"].items()}
+        tok_opt.load_state_dict(st["tokenizer_optimizer"])
+        opt.load_state_dict(st["optimizer"])
+        step = int(st["step"])
+        history = list(st["history"])
+        if rank == 0:
+            print(f"dit4dit-train: resumed from {rp} at step {step}", file=sys.stderr)
+
+    total = tokenizer_steps + args.steps
+    stop_at = total if args.stop_after is None else min(total, step + args.stop_after)
+    warmup = args.warmup if args.warmup is not None else max(1, min(500, args.steps // 10))
+    progress = None
+    if rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total, initial=step, desc=f"{cfg.preset} {cfg.conditioning}", unit="step",
+                        dynamic_ncols=True, mininterval=1.0)
+
+    def save(final: bool) -> None:
+        if rank != 0:
+            return
+        training = {
+            "data": data.source, "episodes": len(data.episodes), "frames": data.num_frames, "steps": max(0, step - tokenizer_steps),
+            "tokenizer_steps": tokenizer_steps, "batch_size": args.batch_size, "world_size": world, "seed": args.seed,
+            "lr": args.lr, "ema": args.ema, "conditioning": cfg.conditioning, "flow": cfg.flow.to_dict(),
+            "camera_source": data.camera, "wall_time_s": round(time.time() - started, 1),
+            "final_loss": history[-1] if history else None, "complete": final,
+        }
+        metadata = build_metadata(cfg, state_names=data.state_names, action_names=data.action_names,
+                                  state_norm=state_norm, action_norm=action_norm, control_rate_hz=data.fps,
+                                  instructions=data.instructions, training=training)
+        ema.copy_buffers(model)
+        save_checkpoint(out, model, vocab, metadata, state_dict=ema.shadow)
+        blob = {"format": RESUME_FORMAT, "config": cfg.to_dict(), "step": step, "model": model.state_dict(),
+                "ema": ema.shadow, "tokenizer_optimizer": tok_opt.state_dict(), "optimizer": opt.state_dict(),
+                "history": history}
+        tmp = resume_path(out).with_suffix(".tmp")
+        torch.save(blob, str(tmp))
+        tmp.replace(resume_path(out))
+
+    ddp_kwargs: dict[str, Any] = {"device_ids": [device.index]} if device.type == "cuda" else {}
+    wrap = (lambda m: nn.parallel.DistributedDataParallel(m, **ddp_kwargs)) if world > 1 else (lambda m: m)
+    sample_rng = lambda s: np.random.default_rng([args.seed, rank, s])  # noqa: E731 - deterministic per (rank, step)
+
+    # ---- stage 1: frame tokenizer
+    if step < tokenizer_steps:
+        tok_step = wrap(TokenizerStep(model))
+        model.tokenizer.train()
+        while step < min(tokenizer_steps, stop_at):
+            idx = sample_rng(step).integers(0, data.num_frames, size=args.tokenizer_batch_size)
+            loss = tok_step(frames_tensor(data.frames[idx]).to(device))
+            tok_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), 1.0)
+            tok_opt.step()
+            step += 1
+            if progress:
+                progress.update(1)
+                progress.set_postfix(stage="tokenizer", recon=f"{loss.item():.4f}")
+            if rank == 0 and (step % args.save_every == 0):
+                save(final=False)
+        del tok_step
+    if step < tokenizer_steps:  # stopped inside stage 1 (--stop-after)
+        if progress:
+            progress.close()
+        save(final=False)
+        return 0
+    if not pretrained_tokenizer and step == tokenizer_steps:
+        # latent statistics from a fixed subset, identical on every rank
+        pick = np.random.default_rng(args.seed).choice(data.num_frames, size=min(2048, data.num_frames), replace=False)
+        model.tokenizer.eval()
+        model.tokenizer.set_latent_stats(frames_tensor(data.frames[np.sort(pick)]).to(device))
+    for p in model.tokenizer.parameters():
+        p.requires_grad_(False)
+    ema.copy_buffers(model)
+
+    # ---- stage 2: the policy (dual flow matching)
+    if step < stop_at:
+        latents = encode_all(model, data.frames).to(device)  # (N, C, h, w): every frame encoded once
+        train_step = wrap(TrainStep(model))
+        model.train()
+        model.tokenizer.eval()
+        seen, tick, first_policy_step = 0, time.time(), step
+        while step < stop_at:
+            policy_step = step - tokenizer_steps
+            factor = lr_factor(policy_step, args.steps, warmup)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            idx = sample_rng(step).integers(0, data.num_frames, size=args.batch_size)
+            batch = make_batch(data, latents, text_t, state_t, action_t, cfg, idx)
+            losses = train_step(batch, step_generator(args.seed, rank, step, device))
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            ema.update(model, policy_step)
+            step += 1
+            seen += args.batch_size * world
+            record = {"step": step, "loss": losses["loss"].item(), "video": losses["video"].item(),
+                      "action": losses["action"].item(), "grad_norm": float(grad_norm)}
+            if step % 10 == 0 or step == total:
+                history.append(record)
+            if progress:
+                progress.update(1)
+                rate = seen / max(1e-9, time.time() - tick)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", video=f"{record['video']:.3f}",
+                                     action=f"{record['action']:.3f}", samples_s=f"{rate:.0f}")
+            if rank == 0 and step % args.save_every == 0 and step < total:
+                save(final=False)
+        throughput = (step - first_policy_step) / max(1e-9, time.time() - tick)
+    else:
+        throughput = float("nan")
+    if progress:
+        progress.close()
+    save(final=step >= total)
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        last = history[-1] if history else {}
+        print(f"dit4dit-train: wrote {out} ({step - tokenizer_steps} policy steps, loss {last.get('loss', float('nan')):.4f}, "
+              f"{time.time() - started:.0f} s, {throughput:.2f} policy steps/s at batch {args.batch_size} x {world})",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

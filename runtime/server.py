@@ -1,0 +1,544 @@
+"""dit4dit-serve: the policy inference server (ZeroMQ ROUTER + msgpack, docs/protocol.md).
+
+Threads: the socket thread owns the ROUTER socket, parses envelopes, checks the token and answers
+`ping`, `metadata` and `reset` at once, so a long inference never delays a ping. `infer` requests go
+to one inference thread, which takes every request waiting, validates each (a bad one gets its own
+error reply naming the field), runs the good ones through the policy (batched when that was measured
+to be faster at start) and hands the replies back over an inproc socket, because ZeroMQ sockets must
+not be shared between threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import math
+import queue
+import re
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from dit4dit.runtime import protocol
+from dit4dit.runtime.protocol import ProtocolError
+
+log = logging.getLogger("dit4dit.serve")
+
+# ZeroMQ drops a connection whose peer sends a frame above this (no reply is possible then).
+# Requests between protocol.MAX_MESSAGE_BYTES and this get an error reply instead.
+_HARD_FRAME_LIMIT = 4 * protocol.MAX_MESSAGE_BYTES
+
+
+class ServedPolicy(Protocol):
+    """What the server needs from a policy: dit4dit.policy.inference.Policy satisfies it."""
+
+    metadata: dict[str, Any]
+
+    def infer(self, obs: dict[str, Any], noise: np.ndarray | None = None, prefix: Any = None) -> np.ndarray: ...
+
+
+@dataclass
+class _Pending:
+    envelope: list[bytes]  # routing frames to send the reply back
+    request: protocol.Request
+    received: float  # time.perf_counter() at receipt
+
+
+@dataclass
+class _Job:
+    pending: _Pending
+    obs: dict[str, Any]
+    noise: np.ndarray
+    prefix: tuple[np.ndarray, int] | None
+    preprocess_s: float
+    signature: tuple = field(default_factory=tuple)
+
+
+class PolicyServer:
+    """Serve `policy` on `bind` until `stop()` is called.
+
+    token: shared secret every request must carry; curve_keys: folder for CurveZMQ (see `make_curve_keys`).
+    max_batch: largest batch of concurrent `infer` requests run together (1 = never batch).
+    """
+
+    def __init__(
+        self,
+        policy: ServedPolicy,
+        bind: str = "tcp://127.0.0.1:5555",
+        *,
+        token: str | None = None,
+        curve_keys: str | Path | None = None,
+        max_batch: int = 1,
+        backend: str = "unknown",
+        max_message_bytes: int = protocol.MAX_MESSAGE_BYTES,
+        seed: int | None = None,
+    ) -> None:
+        if token is not None and len(token) < 8:
+            raise ValueError("--token must be at least 8 characters; a short shared secret is guessable")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.policy = policy
+        self.bind = bind
+        self.token = token
+        self.max_batch = max_batch
+        self.backend = backend
+        self.max_message_bytes = max_message_bytes
+        self.metadata = dict(policy.metadata)
+        self._timed: _TimedEngine | None = None
+        if hasattr(policy, "engine") and hasattr(policy.engine, "features"):
+            self._timed = _TimedEngine(policy.engine)
+            policy.engine = self._timed  # type: ignore[attr-defined]
+        self._cameras: dict[str, Any] = dict(self.metadata.get("cameras", {}))
+        self._state_dim = len(self.metadata["state_names"])
+        self._action_dim = len(self.metadata["action_names"])
+        self._chunk = int(self.metadata["chunk_length"])
+        self._rng = np.random.default_rng(seed)
+        self._stop = threading.Event()
+        self._jobs: queue.Queue[_Pending | None] = queue.Queue()
+        self._context = zmq.Context()
+        self._curve_keys = Path(curve_keys) if curve_keys is not None else None
+        self._auth = None
+        self._bound = threading.Event()
+        self.last_endpoint: str | None = None
+        self.served = 0
+
+    # ------------------------------------------------------------------------------------ running
+
+    def serve_forever(self) -> None:
+        router = self._context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, _HARD_FRAME_LIMIT)
+        router.setsockopt(zmq.SNDHWM, 1000)
+        if self._curve_keys is not None:
+            self._setup_curve(router)
+        router.bind(self.bind)
+        self.last_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        results = self._context.socket(zmq.PAIR)
+        results.bind(f"inproc://results-{id(self)}")
+        worker = threading.Thread(target=self._inference_loop, name="dit4dit-infer", daemon=True)
+        worker.start()
+        self._bound.set()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(results, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(100))
+                if results in events:
+                    while True:
+                        try:
+                            router.send_multipart(results.recv_multipart(zmq.NOBLOCK), copy=False)
+                        except zmq.Again:
+                            break
+                if router in events:
+                    while True:
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        reply = self._handle(frames)
+                        if reply is not None:
+                            router.send_multipart(reply, copy=False)
+        finally:
+            self._jobs.put(None)
+            worker.join(timeout=10)
+            router.close(linger=0)
+            results.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self._context.term()
+
+    def start(self) -> threading.Thread:
+        """Serve in a background thread; returns once the socket is bound."""
+        thread = threading.Thread(target=self.serve_forever, name="dit4dit-serve", daemon=True)
+        thread.start()
+        if not self._bound.wait(10):
+            raise RuntimeError(f"server did not bind {self.bind} within 10 s")
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _setup_curve(self, router: zmq.Socket) -> None:
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        assert self._curve_keys is not None
+        secret_file = self._curve_keys / "server.key_secret"
+        authorized = self._curve_keys / "authorized"
+        if not secret_file.is_file() or not authorized.is_dir():
+            raise FileNotFoundError(
+                f"--curve-keys {self._curve_keys}: expected server.key_secret and an authorized/ folder of client "
+                "public keys; create them with `dit4dit-serve --make-curve-keys DIR`"
+            )
+        public, secret = zmq.auth.load_certificate(secret_file)
+        self._auth = ThreadAuthenticator(self._context)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(authorized))
+        router.curve_secretkey = secret
+        router.curve_publickey = public
+        router.curve_server = True
+
+    # ------------------------------------------------------------------------------ socket thread
+
+    def _handle(self, frames: list[bytes]) -> list[bytes] | None:
+        """Answer at once, or queue an `infer` and return None. Never raises: errors become replies."""
+        if len(frames) < 2:
+            return None  # a ROUTER always prepends an identity; nothing to answer to otherwise
+        envelope = [f.bytes if isinstance(f, zmq.Frame) else f for f in frames[:-1]]
+        payload = frames[-1].buffer if isinstance(frames[-1], zmq.Frame) else frames[-1]
+        request_id = None
+        try:
+            request = protocol.parse_request(payload, self.max_message_bytes)
+            request_id = request.id
+            if self.token is not None and not (
+                request.token is not None and hmac.compare_digest(request.token.encode(), self.token.encode())
+            ):
+                raise ProtocolError("token", "missing or wrong token; pass the server's --token", protocol.E_UNAUTHORIZED)
+            if request.endpoint == "ping":
+                return envelope + [protocol.pack_reply(request.id, {"time": time.time()})]
+            if request.endpoint == "metadata":
+                return envelope + [protocol.pack_reply(request.id, {"metadata": self.metadata, "server": self._server_info()})]
+            if request.endpoint == "reset":
+                reset = getattr(self.policy, "reset", None)
+                if callable(reset):
+                    reset()
+                return envelope + [protocol.pack_reply(request.id, {})]
+            if request.endpoint == "infer":
+                self._jobs.put(_Pending(envelope, request, time.perf_counter()))
+                return None
+            raise ProtocolError(
+                "endpoint", f"unknown endpoint {request.endpoint!r}; known: {list(protocol.ENDPOINTS)}", protocol.E_UNKNOWN_ENDPOINT
+            )
+        except ProtocolError as exc:
+            request_id = getattr(exc, "request_id", request_id)
+            log.info("rejected request %s: [%s] %s", request_id, exc.code, exc)
+            return envelope + [protocol.pack_error(request_id, exc.code, exc.field, exc.detail)]
+        except Exception as exc:  # a bug must not take the server down for every robot
+            log.exception("internal error handling a request")
+            return envelope + [protocol.pack_error(request_id, protocol.E_INTERNAL, "", f"{type(exc).__name__}: {exc}")]
+
+    def _server_info(self) -> dict[str, Any]:
+        return {"protocol_version": protocol.PROTOCOL_VERSION, "backend": self.backend, "max_batch": self.max_batch}
+
+    # --------------------------------------------------------------------------- inference thread
+
+    def _inference_loop(self) -> None:
+        out = self._context.socket(zmq.PAIR)
+        out.connect(f"inproc://results-{id(self)}")
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < self.max_batch:  # take whatever else is already waiting
+                    try:
+                        nxt = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._jobs.put(None)
+                        break
+                    batch.append(nxt)
+                started = time.perf_counter()
+                jobs: list[_Job] = []
+                for pending in batch:
+                    t0 = time.perf_counter()
+                    try:
+                        jobs.append(self._prepare(pending, t0))
+                    except ProtocolError as exc:
+                        out.send_multipart(pending.envelope + [protocol.pack_error(pending.request.id, exc.code, exc.field, exc.detail)])
+                for group in _group(jobs):
+                    for pending, reply in self._run(group, started):
+                        out.send_multipart(pending.envelope + [reply])
+        finally:
+            out.close(linger=0)
+
+    def _prepare(self, pending: _Pending, t0: float) -> _Job:
+        """Decode and validate one infer request against the model's metadata."""
+        data = pending.request.data
+        unknown = set(data) - {"observation", "seed", "prefix", "n_executing"}
+        if unknown:
+            raise ProtocolError(sorted(map(str, unknown))[0], "unknown infer option; expected observation, seed, prefix, n_executing")
+        obs = protocol.decode_observation(data.get("observation"))
+        for name in obs["images"]:
+            if name not in self._cameras:
+                raise ProtocolError(f"observation.images.{name}", f"unknown camera; this model takes {sorted(self._cameras)}")
+        for name in self._cameras:
+            if name not in obs["images"]:
+                raise ProtocolError(f"observation.images.{name}", "missing camera image")
+        max_frames = int(self.metadata.get("context_frames", 1))
+        for name, image in obs["images"].items():
+            if image.ndim == 4 and not 1 <= image.shape[0] <= max_frames:
+                raise ProtocolError(
+                    f"observation.images.{name}", f"{image.shape[0]} frames given; this model takes 1 to {max_frames}"
+                )
+        state = obs["state"]
+        if state.shape != (self._state_dim,):
+            raise ProtocolError("observation.state", f"expected shape [{self._state_dim}] (state_names), got {list(state.shape)}")
+        if not np.all(np.isfinite(state)):
+            raise ProtocolError("observation.state", "contains NaN or infinity")
+        seed = data.get("seed")
+        if seed is None:
+            rng = self._rng
+        elif isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63:
+            rng = np.random.default_rng(seed)
+        else:
+            raise ProtocolError("seed", f"expected an integer in [0, 2**63), got {seed!r}")
+        # Noise is drawn here, per request, so a seeded request gets the same chunk whether batched or not.
+        noise = rng.standard_normal((self._chunk, self._action_dim)).astype(np.float32)
+        prefix = None
+        n_exec = data.get("n_executing", 0)
+        if not isinstance(n_exec, int) or isinstance(n_exec, bool):
+            raise ProtocolError("n_executing", f"expected an integer, got {n_exec!r}")
+        if data.get("prefix") is not None:
+            actions = protocol.decode_array(data["prefix"], "prefix", max_bytes=1 << 20)
+            if actions.dtype.kind != "f" or actions.ndim != 2 or actions.shape[1] != self._action_dim or not 1 <= actions.shape[0] <= self._chunk:
+                raise ProtocolError(
+                    "prefix", f"expected float (P, {self._action_dim}) with 1 <= P <= {self._chunk}, got {actions.dtype} {list(actions.shape)}"
+                )
+            if not np.all(np.isfinite(actions)):
+                raise ProtocolError("prefix", "contains NaN or infinity")
+            if not 0 <= n_exec <= actions.shape[0]:
+                raise ProtocolError("n_executing", f"must be in [0, {actions.shape[0]}] (rows of prefix), got {n_exec}")
+            prefix = (actions.astype(np.float32), n_exec)
+        elif n_exec != 0:
+            raise ProtocolError("n_executing", "given without a prefix")
+        signature = (
+            tuple(sorted((k, v.shape) for k, v in obs["images"].items())),
+            None if prefix is None else (prefix[0].shape, prefix[1]),
+        )
+        return _Job(pending, obs, noise, prefix, time.perf_counter() - t0, signature)
+
+    def _run(self, jobs: list[_Job], started: float) -> list[tuple[_Pending, bytes]]:
+        t0 = time.perf_counter()
+        try:
+            if len(jobs) == 1:
+                job = jobs[0]
+                outputs = [self.policy.infer(job.obs, noise=job.noise, prefix=job.prefix)]
+            else:
+                outputs = list(self._infer_batch(jobs))
+        except ValueError as exc:
+            if len(jobs) > 1:  # one bad request must not fail the others: run them one by one
+                return [r for job in jobs for r in self._run([job], started)]
+            field_name = getattr(exc, "field", None) or _field_from_message(str(exc))
+            return [(jobs[0].pending, protocol.pack_error(jobs[0].pending.request.id, protocol.E_INVALID, field_name, str(exc)))]
+        except Exception as exc:
+            log.exception("policy inference failed")
+            return [(j.pending, protocol.pack_error(j.pending.request.id, protocol.E_INTERNAL, "", f"{type(exc).__name__}: {exc}")) for j in jobs]
+        call_s = time.perf_counter() - t0
+        # With the engine timed: inference = the networks, and the policy's own preprocessing (resize,
+        # normalise, tokenise) counts as preprocess. Otherwise the whole policy call is inference.
+        network_s = call_s if self._timed is None else self._timed.features_s + self._timed.sample_s
+        extra: dict[str, float] = {}
+        if self._timed is not None:
+            extra = {"features": self._timed.features_s, "sample": self._timed.sample_s}
+        replies = []
+        for job, actions in zip(jobs, outputs):
+            actions = np.asarray(actions, dtype=np.float32)
+            self.served += 1
+            timing = {
+                "queue": started - job.pending.received,
+                "preprocess": job.preprocess_s + (call_s - network_s),
+                "inference": network_s,
+                **extra,
+                "batch": len(jobs),
+                "total": time.perf_counter() - job.pending.received,
+            }
+            replies.append((job.pending, protocol.pack_reply(job.pending.request.id, {"actions": protocol.encode_array(actions, "actions"), "timing": timing})))
+        return replies
+
+    def _infer_batch(self, jobs: list[_Job]) -> np.ndarray:
+        obs = {
+            "images": {name: np.stack([j.obs["images"][name] for j in jobs]) for name in jobs[0].obs["images"]},
+            "state": np.stack([j.obs["state"] for j in jobs]),
+            "instruction": [j.obs["instruction"] for j in jobs],
+        }
+        noise = np.stack([j.noise for j in jobs])
+        prefix = None
+        if jobs[0].prefix is not None:
+            prefix = (np.stack([j.prefix[0] for j in jobs]), jobs[0].prefix[1])  # type: ignore[index]
+        return self.policy.infer(obs, noise=noise, prefix=prefix)
+
+
+def _group(jobs: list[_Job]) -> list[list[_Job]]:
+    """Jobs that can share one batched call: same image shapes, same prefix shape."""
+    groups: dict[tuple, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.signature, []).append(job)
+    return list(groups.values())
+
+
+_OBS_FIELD = re.compile(r"obs\[['\"](\w+)['\"]\](?:\[['\"]([^'\"]+)['\"]\])?")
+
+
+def _field_from_message(message: str) -> str:
+    """Map a Policy ObservationError ("obs['images']['head'] must be ...") to the wire field path."""
+    m = _OBS_FIELD.search(message)
+    if m:
+        return "observation." + ".".join(g for g in m.groups() if g)
+    for option in ("prefix", "noise"):
+        if message.startswith(option):
+            return "seed" if option == "noise" else option
+    return "observation"
+
+
+class _TimedEngine:
+    """Wraps the policy's engine to measure the network time (features + sample) inside Policy.infer."""
+
+    def __init__(self, engine: Any) -> None:
+        self.inner = engine
+        self.name = getattr(engine, "name", "unknown")
+        self.features_s = 0.0
+        self.sample_s = 0.0
+
+    def features(self, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.features(*args)
+        finally:
+            self.features_s = time.perf_counter() - t0
+
+    def sample(self, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.sample(*args)
+        finally:
+            self.sample_s = time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------ batching
+
+
+def dummy_observation(metadata: Mapping[str, Any], batch: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """A valid observation for `metadata` (random pixels, zero state), for warm-up and benchmarks."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for name, size in metadata["cameras"].items():
+        shape = (int(size["height"]), int(size["width"]), 3)
+        images[name] = rng.integers(0, 256, ((batch,) if batch else ()) + shape, dtype=np.uint8)
+    state = np.zeros(((batch,) if batch else ()) + (len(metadata["state_names"]),), np.float32)
+    instruction = [""] * batch if batch else ""
+    return {"images": images, "state": state, "instruction": instruction}
+
+
+def measure_batching(policy: ServedPolicy, max_batch: int, repeats: int = 3) -> tuple[int, float, float]:
+    """(batch to use, seconds per request at 1, seconds per request at max_batch).
+
+    Batching is only worth it when a batch of B costs clearly less than B single calls; on a busy CPU
+    it often does not, on a GPU it usually does.
+    """
+    meta = policy.metadata
+    chunk, adim = int(meta["chunk_length"]), len(meta["action_names"])
+
+    def timed(b: int) -> float:
+        obs = dummy_observation(meta, b if b > 1 else None)
+        noise = np.zeros(((b,) if b > 1 else ()) + (chunk, adim), np.float32)
+        policy.infer(obs, noise=noise)  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            policy.infer(obs, noise=noise)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    single = timed(1)
+    if max_batch <= 1:
+        return 1, single, single
+    per_item = timed(max_batch) / max_batch
+    return (max_batch if per_item < 0.8 * single else 1), single, per_item
+
+
+# ------------------------------------------------------------------------------------ CurveZMQ
+
+
+def make_curve_keys(key_dir: str | Path, clients: Sequence[str] = ("client",)) -> None:
+    """Create a server key pair and one key pair per client; authorize the clients' public keys."""
+    import shutil
+
+    import zmq.auth
+
+    key_dir = Path(key_dir)
+    authorized = key_dir / "authorized"
+    authorized.mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(str(key_dir), "server")
+    for name in clients:
+        public, _ = zmq.auth.create_certificates(str(key_dir), name)
+        shutil.copy(public, authorized / Path(public).name)
+    for secret in key_dir.glob("*.key_secret"):
+        secret.chmod(0o600)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dit4dit-serve", description="Serve a DiT4DiT policy over ZeroMQ (docs/protocol.md).")
+    p.add_argument("--ckpt", type=Path, help="checkpoint (.pt) to serve")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "torch", "onnxruntime"],
+                   help="auto: TensorRT if a matching engine is in --engines, else torch on cuda; on cpu ONNX Runtime "
+                        "if exported graphs matching the checkpoint are in --engines, else torch")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default localhost only)")
+    p.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda if available")
+    p.add_argument("--engines", type=Path, default=None, help="folder written by dit4dit-export (ONNX graphs, TensorRT engines)")
+    p.add_argument("--token", default=None, help="shared secret every request must carry (>= 8 characters)")
+    p.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (server.key_secret + authorized/)")
+    p.add_argument("--make-curve-keys", type=Path, default=None, metavar="DIR",
+                   help="create a server key pair and client key pairs in DIR, then exit")
+    p.add_argument("--clients", default="client", help="with --make-curve-keys: comma-separated client names")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch of concurrent requests; batching is used only if measured faster")
+    p.add_argument("--seed", type=int, default=None, help="seed of the noise for requests without their own seed")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("dit4dit").setLevel(args.log_level.upper())
+    if args.make_curve_keys is not None:
+        make_curve_keys(args.make_curve_keys, [c for c in args.clients.split(",") if c])
+        print(f"wrote CurveZMQ keys to {args.make_curve_keys}; give each robot its <name>.key_secret and server.key")
+        return 0
+    if args.ckpt is None:
+        raise SystemExit("dit4dit-serve: --ckpt is required (a checkpoint written by dit4dit-train)")
+    if not args.ckpt.is_file():
+        raise SystemExit(f"dit4dit-serve: checkpoint {args.ckpt} does not exist")
+    if not args.bind.startswith(("tcp://127.", "tcp://localhost", "ipc://", "inproc://")) and args.token is None and args.curve_keys is None:
+        log.warning("binding %s beyond localhost without --token or --curve-keys: anyone on the network can drive the policy", args.bind)
+
+    from dit4dit.policy.backends import BackendError, load_policy  # torch is imported only here
+    from dit4dit.policy.checkpoint import CheckpointError
+    from dit4dit.policy.export import ParityError
+
+    try:
+        policy, choice = load_policy(args.ckpt, backend=args.backend, device=args.device, engines_dir=args.engines)
+    except (BackendError, CheckpointError, ParityError) as exc:
+        raise SystemExit(f"dit4dit-serve: {exc}") from None
+    batch, single, per_item = measure_batching(policy, args.max_batch)
+    log.info("batching: %.1f ms per request alone, %.1f ms per request in a batch of %d -> max batch %d",
+             single * 1e3, per_item * 1e3, args.max_batch, batch)
+    server = PolicyServer(policy, args.bind, token=args.token, curve_keys=args.curve_keys, max_batch=batch,
+                          backend=choice.backend, seed=args.seed)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    thread = server.start()
+    # One line a supervisor (and the tests) can wait for.
+    print(f"dit4dit-serve: serving {policy.metadata.get('model')} on {server.last_endpoint} with backend "
+          f"{choice.backend} on {choice.device} ({choice.reason})", flush=True)
+    while thread.is_alive():
+        thread.join(0.5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""dit4dit-export: ONNX graphs, the parity gate in ONNX Runtime, backend selection, TensorRT (skipped without it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dit4dit.policy import backends, export
+from dit4dit.policy.checkpoint import make_random_checkpoint
+from dit4dit.policy.inference import Policy
+
+# The module exports a checkpoint once (~15-30 s of dynamo export on 2 cores).
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random checkpoint and its export (done once: the export takes ~15 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("export")
+    ckpt = make_random_checkpoint(root / "g1.pt", "tiny")
+    out = root / "engines"
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.policy.export", "--ckpt", str(ckpt), "--out", str(out),
+                           "--max-batch", "4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "TensorRT engines not built" in proc.stdout  # auto mode says why when TensorRT is absent
+    return ckpt, out
+
+
+def test_export_writes_gated_graphs_and_manifest(exported: tuple[Path, Path]) -> None:
+    ckpt, out = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["checkpoint_sha256"] == export.checkpoint_sha256(ckpt)
+    assert manifest["onnx"] == {"features": "features.onnx", "sampler": "sampler.onnx"}
+    assert {r["graph"] for r in manifest["parity"]} == {"features", "sampler", "policy", "displacement"}
+    for r in manifest["parity"]:
+        assert r["passed"] and r["cosine"] >= export.COSINE_GATE and r["max_abs_error"] < 1e-3
+    sampler = onnx.load(str(out / "sampler.onnx"))
+    ops = {n.op_type for n in sampler.graph.node}
+    assert "Loop" not in ops and "If" not in ops  # the Euler loop is unrolled: one straight graph
+    assert [i.name for i in sampler.graph.input] == list(export.SAMPLER_INPUTS)
+
+
+def test_onnxruntime_engine_in_the_policy_matches_torch(exported: tuple[Path, Path]) -> None:
+    ckpt, out = exported
+    reference = Policy.from_checkpoint(ckpt)
+    policy = Policy.from_checkpoint(ckpt)
+    policy.engine = backends.OnnxRuntimeEngine(out / "features.onnx", out / "sampler.onnx")
+    rng = np.random.default_rng(1)
+    meta = policy.metadata
+    obs = {"images": {"head": rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)},
+           "state": np.asarray(meta["normalization"]["state"]["mean"], np.float32)[None].repeat(3, 0),
+           "instruction": ["pick up the red block"] * 3}
+    noise = rng.standard_normal((3, 8, 14)).astype(np.float32)
+    prefix = (np.asarray(meta["normalization"]["action"]["mean"], np.float32)[None, None].repeat(3, 0).repeat(5, 1), 2)
+    want = reference.infer(obs, noise=noise, prefix=prefix)
+    got = policy.infer(obs, noise=noise, prefix=prefix)  # batch 3: the graphs' batch axis is dynamic
+    cosine, err = export.compare(want - want.mean(), got - want.mean())
+    assert cosine >= export.COSINE_GATE and err < 1e-4, (cosine, err)
+
+
+def test_parity_gate_catches_a_wrong_graph(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, out = exported
+    model = onnx.load(str(out / "sampler.onnx"))
+    # Corrupt the widest weight matrix of the graph, as a bad export or a wrong precision would.
+    widest = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)) if t.data_type == onnx.TensorProto.FLOAT else 0)
+    arr = onnx.numpy_helper.to_array(widest).copy()
+    arr += np.random.default_rng(0).standard_normal(arr.shape).astype(np.float32) * 5 * (np.abs(arr).max() + 1e-3)
+    widest.CopyFrom(onnx.numpy_helper.from_array(arr, widest.name))
+    onnx.save(model, str(tmp_path / "sampler.onnx"))
+    engine = backends.OnnxRuntimeEngine(out / "features.onnx", tmp_path / "sampler.onnx")
+    torch_model = Policy.from_checkpoint(ckpt).model
+    reports = {r.graph: r for r in export.engine_parity(engine, torch_model)}
+    assert reports["features"].passed
+    # The raw chunk of an untrained model is mostly its initial noise, so only the displacement shows it.
+    assert not reports["displacement"].passed and reports["displacement"].cosine < export.COSINE_GATE
+
+
+def test_backend_selection_rule(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, out = exported
+    choice = backends.select_backend(ckpt, "auto", "cpu", out)
+    assert choice.backend == "onnxruntime" and "passed parity" in choice.reason
+    assert backends.select_backend(ckpt, "auto", "cpu", None).backend == "torch"
+    assert backends.select_backend(ckpt, "torch", "cpu", out).backend == "torch"
+    other = make_random_checkpoint(tmp_path / "other.pt", "tiny", seed=1)
+    choice = backends.select_backend(other, "auto", "cpu", out)
+    assert choice.backend == "torch" and "another checkpoint" in choice.reason
+    with pytest.raises(backends.BackendError, match="needs --device cuda"):
+        backends.select_backend(ckpt, "tensorrt", "cpu", out)
+    with pytest.raises(backends.BackendError, match="unknown backend"):
+        backends.select_backend(ckpt, "openvino", "cpu", out)
+
+
+def test_failed_gate_is_never_picked(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, out = exported
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["onnx"] = None  # what export writes when the gate fails
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    choice = backends.select_backend(ckpt, "auto", "cpu", copy)
+    assert choice.backend == "torch" and "failed the parity gate" in choice.reason
+
+
+def test_export_is_cached_by_checkpoint_hash(exported: tuple[Path, Path]) -> None:
+    ckpt, out = exported
+    before = (out / "sampler.onnx").stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.policy.export", "--ckpt", str(ckpt), "--out", str(out),
+                           "--max-batch", "4", "--tensorrt", "no"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "already match" in proc.stdout, proc.stdout + proc.stderr
+    assert (out / "sampler.onnx").stat().st_mtime_ns == before
+
+
+def test_server_runs_the_exported_graphs(exported: tuple[Path, Path], free_port: int) -> None:
+    from server_harness import ServerProcess
+
+    from dit4dit.runtime.client import PolicyClient
+
+    ckpt, out = exported
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    server = ServerProcess(["--ckpt", str(ckpt), "--engines", str(out), "--device", "cpu", "--bind", endpoint])
+    try:
+        assert "backend onnxruntime on cpu" in server.banner, server.banner
+        reference = Policy.from_checkpoint(ckpt)
+        obs = {"images": {"head": np.full((32, 32, 3), 90, np.uint8)},
+               "state": np.asarray(reference.metadata["normalization"]["state"]["mean"], np.float32),
+               "instruction": "push the blue block to the target"}
+        with PolicyClient(endpoint, timeout_s=10.0) as client:
+            assert client.metadata()["model"] == reference.metadata["model"]
+            got = client.infer(obs, seed=77).actions
+        want = reference.infer(obs, noise=np.random.default_rng(77).standard_normal((8, 14)).astype(np.float32))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    finally:
+        server.close()
+
+
+def _tensorrt_skip_reason() -> str | None:
+    ok, why = backends.tensorrt_available()
+    return None if ok else why
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_tensorrt_skip_reason() is not None, reason=f"TensorRT tests need TensorRT and a CUDA GPU: {_tensorrt_skip_reason()}")
+def test_tensorrt_engines_pass_the_gate_and_are_cached(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, out = exported
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    manifest = export.export(ckpt, copy, max_batch=4, tensorrt=True, precision="fp32")
+    entry = manifest["tensorrt"][0]
+    assert entry["passed"] and entry["gpu"] == torch.cuda.get_device_name()
+    again = export.export(ckpt, copy, max_batch=4, tensorrt=True, precision="fp32")
+    assert again["tensorrt"][0]["build_s"] == entry["build_s"]  # reused, not rebuilt
+    assert backends.select_backend(ckpt, "auto", "cuda", copy).backend == "tensorrt"

@@ -1,0 +1,306 @@
+"""Protocol behaviour over real ZeroMQ sockets against an in-process PolicyServer.
+
+The policy here is a tiny stand-in (protocol tests only: it makes the server's timing predictable).
+The server with a real checkpoint and the real Policy, in a subprocess, is tested in test_server.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from dit4dit.runtime import protocol
+from dit4dit.runtime.client import PolicyClient, ServerError, ServerTimeout, load_curve_client
+from dit4dit.runtime.server import PolicyServer, make_curve_keys
+
+STATE_DIM, ACTION_DIM, CHUNK = 29, 29, 16
+TOKEN = "correct-horse-battery"
+
+
+class StandInPolicy:
+    """Deterministic in (noise, state); sleeps `delay_s` per call to look like a model."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+        self.resets = 0
+        self.metadata = {
+            "model": "stand-in", "version": "0", "preset": "none",
+            "cameras": {"head": {"height": 32, "width": 32}, "wrist": {"height": 24, "width": 24}},
+            "context_frames": 2,
+            "state_names": [f"s{i}" for i in range(STATE_DIM)], "action_names": [f"a{i}" for i in range(ACTION_DIM)],
+            "action_space": "joint_position", "chunk_length": CHUNK, "control_rate_hz": 30.0,
+            "normalization": {}, "instructions": None, "training": {},
+        }
+
+    def infer(self, obs, noise=None, prefix=None):
+        self.calls += 1
+        time.sleep(self.delay_s)
+        state = np.asarray(obs["state"], np.float32)
+        batched = state.ndim == 2
+        self.batch_sizes.append(state.shape[0] if batched else 1)
+        out = 0.1 * noise + state.mean(axis=-1)[..., None, None]
+        if prefix is not None:
+            actions, n = prefix
+            out[..., :n, :] = actions[..., :n, :]
+        return out.astype(np.float32)
+
+    def reset(self):
+        self.resets += 1
+
+
+def observation(state_value: float = 0.0) -> dict:
+    return {
+        "images": {"head": np.zeros((32, 32, 3), np.uint8), "wrist": np.zeros((24, 24, 3), np.uint8)},
+        "state": np.full(STATE_DIM, state_value, np.float32),
+        "instruction": "pick up the cup",
+    }
+
+
+@pytest.fixture
+def make_server(free_port: int) -> Iterator:
+    servers: list[tuple[PolicyServer, threading.Thread]] = []
+
+    def make(policy=None, **kwargs) -> tuple[PolicyServer, str]:
+        server = PolicyServer(policy or StandInPolicy(), f"tcp://127.0.0.1:{free_port}", **kwargs)
+        servers.append((server, server.start()))
+        return server, f"tcp://127.0.0.1:{free_port}"
+
+    yield make
+    for server, thread in servers:
+        server.stop()
+        thread.join(5)
+
+
+def raw_request(endpoint: str, frames: list[bytes], timeout_ms: int = 2000) -> dict:
+    """Send raw frames from a bare DEALER and return the decoded reply."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(frames)
+        assert sock.poll(timeout_ms), "no reply"
+        return msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+    finally:
+        sock.close()
+
+
+def test_metadata_ping_reset_infer(make_server) -> None:
+    policy = StandInPolicy()
+    server, endpoint = make_server(policy, backend="stand-in")
+    with PolicyClient(endpoint, timeout_s=2.0) as client:
+        assert client.metadata()["chunk_length"] == CHUNK
+        assert 0 < client.ping() < 1.0
+        client.reset()
+        assert policy.resets == 1
+        result = client.infer(observation(2.0), seed=5)
+        assert result.actions.shape == (CHUNK, ACTION_DIM) and result.actions.dtype == np.float32
+        assert set(result.timing) >= {"queue", "preprocess", "inference", "total"}
+        assert result.timing["total"] >= result.timing["inference"]
+        again = client.infer(observation(2.0), seed=5)
+        np.testing.assert_array_equal(result.actions, again.actions)
+        other = client.infer(observation(2.0), seed=6)
+        assert not np.allclose(result.actions, other.actions)
+
+
+def test_prefix_and_n_executing_reach_the_policy(make_server) -> None:
+    _, endpoint = make_server()
+    prev = np.full((CHUNK, ACTION_DIM), 7.0, np.float32)
+    with PolicyClient(endpoint, timeout_s=2.0) as client:
+        out = client.infer(observation(), seed=1, prefix=prev, n_executing=3).actions
+    np.testing.assert_array_equal(out[:3], 7.0)
+    assert not np.allclose(out[3:], 7.0)
+
+
+def test_jpeg_images_are_accepted(make_server) -> None:
+    _, endpoint = make_server()
+    with PolicyClient(endpoint, timeout_s=2.0, jpeg_quality=80) as client:
+        assert client.infer(observation()).actions.shape == (CHUNK, ACTION_DIM)
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda o: o["images"].pop("wrist"), "observation.images.wrist"),
+        (lambda o: o["images"].__setitem__("left_wrist", np.zeros((24, 24, 3), np.uint8)), "observation.images.left_wrist"),
+        (lambda o: o.__setitem__("state", np.zeros(12, np.float32)), "observation.state"),
+        (lambda o: o.__setitem__("state", np.full(STATE_DIM, np.nan, np.float32)), "observation.state"),
+        (lambda o: o["images"].__setitem__("head", np.zeros((3, 32, 32, 3), np.uint8)), "observation.images.head"),
+        (lambda o: o["images"].__setitem__("head", np.zeros((32, 32, 4), np.uint8)), "observation.images.head"),
+    ],
+)
+def test_bad_observations_get_errors_naming_the_field(make_server, mutate, field: str) -> None:
+    _, endpoint = make_server()
+    obs = observation()
+    mutate(obs)
+    with PolicyClient(endpoint, timeout_s=2.0) as client:
+        with pytest.raises(ServerError) as exc:
+            client.infer(obs)
+        assert exc.value.field == field, exc.value
+        assert client.infer(observation()).actions.shape == (CHUNK, ACTION_DIM)  # still served
+
+
+def test_hostile_messages_are_answered_while_a_good_client_keeps_being_served(make_server) -> None:
+    policy = StandInPolicy(delay_s=0.002)
+    _, endpoint = make_server(policy)
+    good_obs = protocol.encode_observation(observation())
+
+    def infer_with(mutation) -> bytes:
+        data = {"observation": {**good_obs, "images": dict(good_obs["images"])}}
+        mutation(data)
+        return protocol.pack({"v": 1, "id": 42, "endpoint": "infer", "data": data})
+
+    gb = {"nd": True, "dtype": "<f4", "shape": [1024, 1024, 256], "data": b"\0" * 64}
+    hostile = {
+        "truncated msgpack": (protocol.pack_request(42, "infer", {"observation": good_obs})[:100], protocol.E_MALFORMED, ""),
+        "not a map": (msgpack.packb([1, 2, 3]), protocol.E_MALFORMED, ""),
+        "unknown endpoint": (protocol.pack_request(42, "get_action"), protocol.E_UNKNOWN_ENDPOINT, "endpoint"),
+        "wrong version": (protocol.pack({"v": 2, "id": 42, "endpoint": "ping", "data": {}}), protocol.E_VERSION, "v"),
+        "1 GB declared image": (infer_with(lambda d: d["observation"]["images"].__setitem__("head", gb)), protocol.E_TOO_LARGE, "observation.images.head"),
+        "1 GB declared state": (infer_with(lambda d: d["observation"].__setitem__("state", gb)), protocol.E_TOO_LARGE, "observation.state"),
+        "object dtype": (infer_with(lambda d: d["observation"].__setitem__("state", {"nd": True, "dtype": "|O", "shape": [29], "data": b"\0" * 232})), protocol.E_INVALID, "observation.state.dtype"),
+        "complex dtype": (infer_with(lambda d: d["observation"].__setitem__("state", {"nd": True, "dtype": "<c8", "shape": [29], "data": b"\0" * 232})), protocol.E_INVALID, "observation.state.dtype"),
+        "float64 image": (infer_with(lambda d: d["observation"]["images"].__setitem__("head", protocol.encode_array(np.zeros((32, 32, 3))))), protocol.E_INVALID, "observation.images.head"),
+        "short buffer": (infer_with(lambda d: d["observation"].__setitem__("state", {"nd": True, "dtype": "<f4", "shape": [29], "data": b"\0" * 7})), protocol.E_INVALID, "observation.state.data"),
+        "bad seed": (infer_with(lambda d: d.__setitem__("seed", -3)), protocol.E_INVALID, "seed"),
+        "unknown option": (infer_with(lambda d: d.__setitem__("temperature", 2.0)), protocol.E_INVALID, "temperature"),
+        "missing observation": (protocol.pack_request(42, "infer", {}), protocol.E_INVALID, "observation"),
+    }
+    stop = threading.Event()
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+
+    def good_client() -> None:
+        try:
+            with PolicyClient(endpoint, timeout_s=2.0) as client:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    assert client.infer(observation(1.0), seed=3).actions.shape == (CHUNK, ACTION_DIM)
+                    latencies.append(time.perf_counter() - t0)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=good_client)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        before = len(latencies)
+        for name, (payload, code, field) in hostile.items():
+            reply = raw_request(endpoint, [payload])
+            assert reply["ok"] is False, name
+            assert reply["error"]["code"] == code, (name, reply)
+            assert reply["error"]["field"] == field, (name, reply)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not errors, errors
+    assert len(latencies) > before + 5, "the good client stalled while hostile messages were handled"
+
+
+def test_late_replies_are_discarded_and_the_client_recovers(make_server) -> None:
+    policy = StandInPolicy(delay_s=0.5)
+    _, endpoint = make_server(policy)
+    with PolicyClient(endpoint, timeout_s=0.1) as client:
+        with pytest.raises(ServerTimeout, match="no reply to 'infer'"):
+            client.infer(observation(1.0), seed=1)
+        policy.delay_s = 0.0
+        time.sleep(0.6)  # the late reply arrives at the old, closed socket
+        out = client.infer(observation(3.0), seed=1, timeout_s=2.0)
+        np.testing.assert_allclose(out.actions.mean(), 3.0, atol=0.1)  # the answer to this request, not the old one
+
+
+def test_token_is_required_when_configured(make_server) -> None:
+    _, endpoint = make_server(token=TOKEN)
+    with PolicyClient(endpoint, timeout_s=2.0) as anonymous:
+        with pytest.raises(ServerError) as exc:
+            anonymous.ping()
+        assert exc.value.code == protocol.E_UNAUTHORIZED and exc.value.field == "token"
+    with PolicyClient(endpoint, timeout_s=2.0, token="wrong-token-123") as wrong:
+        with pytest.raises(ServerError, match="unauthorized"):
+            wrong.infer(observation())
+    with PolicyClient(endpoint, timeout_s=2.0, token=TOKEN) as client:
+        assert client.infer(observation()).actions.shape == (CHUNK, ACTION_DIM)
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq was built without CurveZMQ (libsodium)")
+def test_curve_keys_authenticate_clients(make_server, tmp_path: Path) -> None:
+    make_curve_keys(tmp_path / "keys", ["robot"])
+    _, endpoint = make_server(curve_keys=tmp_path / "keys")
+    server_key, client_keys = load_curve_client(tmp_path / "keys", "robot")
+    with PolicyClient(endpoint, timeout_s=2.0, curve_server_key=server_key, curve_client_keys=client_keys) as client:
+        assert client.infer(observation()).actions.shape == (CHUNK, ACTION_DIM)
+    import zmq.utils.z85  # noqa: F401  (curve_keypair lives in zmq)
+
+    stranger = zmq.curve_keypair()
+    with PolicyClient(endpoint, timeout_s=0.3, curve_server_key=server_key, curve_client_keys=stranger) as client:
+        with pytest.raises(ServerTimeout):  # ZAP refuses the handshake: no connection, no reply
+            client.ping()
+    with PolicyClient(endpoint, timeout_s=0.3) as plain:
+        with pytest.raises(ServerTimeout):
+            plain.ping()
+
+
+def test_concurrent_clients_are_batched_when_allowed(make_server) -> None:
+    policy = StandInPolicy(delay_s=0.02)
+    _, endpoint = make_server(policy, max_batch=4)
+    results: dict[int, np.ndarray] = {}
+
+    def robot(i: int) -> None:
+        with PolicyClient(endpoint, timeout_s=5.0) as client:
+            for _ in range(5):
+                results[i] = client.infer(observation(float(i)), seed=i).actions
+
+    threads = [threading.Thread(target=robot, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, actions in results.items():  # each robot got its own answer
+        np.testing.assert_allclose(actions.mean(), float(i), atol=0.1)
+    assert max(policy.batch_sizes) > 1, policy.batch_sizes
+    # A seeded request gives the same chunk alone and inside a batch.
+    with PolicyClient(endpoint, timeout_s=5.0) as client:
+        np.testing.assert_allclose(client.infer(observation(2.0), seed=2).actions, results[2], atol=1e-6)
+
+
+def test_req_socket_clients_are_served_too(make_server) -> None:
+    _, endpoint = make_server()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(protocol.pack_request(9, "ping"))
+        assert sock.poll(2000)
+        reply = msgpack.unpackb(sock.recv(), raw=False)
+        assert reply["ok"] and reply["id"] == 9
+    finally:
+        sock.close()
+
+
+def test_timeout_when_no_server() -> None:
+    with PolicyClient("tcp://127.0.0.1:1", timeout_s=0.2) as client:
+        t0 = time.perf_counter()
+        with pytest.raises(ServerTimeout, match="no server reachable"):
+            client.ping()
+        assert time.perf_counter() - t0 < 2.0
+
+
+def test_client_rejects_bad_arguments_before_sending() -> None:
+    with pytest.raises(ValueError, match="timeout_s"):
+        PolicyClient("tcp://127.0.0.1:1", timeout_s=-1)
+    with PolicyClient("tcp://127.0.0.1:1", timeout_s=0.2) as client:
+        with pytest.raises(ValueError, match="n_executing"):
+            client.infer(observation(), n_executing=2)
+        with pytest.raises(ValueError, match="seed"):
+            client.infer(observation(), seed=-1)

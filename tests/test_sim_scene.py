@@ -1,0 +1,241 @@
+"""The tabletop scene and the in-process G1Sim API (real MuJoCo, offscreen EGL rendering)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dit4dit.drivers import g1_spec
+from dit4dit.drivers.sim import g1_model
+from dit4dit.drivers.sim.scene import (
+    BLOCKS,
+    OBJECTS,
+    SPAWN_X,
+    SPAWN_Y,
+    TABLE_FRONT_X,
+    TABLE_TOP_Z,
+    G1Sim,
+    SceneAddition,
+    SceneConfig,
+    SceneError,
+    build_scene_xml,
+)
+
+ARM_POSE = g1_spec.HOME_POSE.copy()
+# arms out to the sides, elbows and wrists turned: a clearly different pose that clears the table
+ARM_POSE[g1_spec.joint_index("right_shoulder_roll_joint")] = -0.5
+ARM_POSE[g1_spec.joint_index("right_elbow_joint")] = 1.3
+ARM_POSE[g1_spec.joint_index("right_wrist_roll_joint")] = 0.4
+ARM_POSE[g1_spec.joint_index("left_shoulder_roll_joint")] = 0.5
+ARM_POSE[g1_spec.joint_index("left_shoulder_yaw_joint")] = 0.3
+ARM_POSE[g1_spec.joint_index("waist_yaw_joint")] = 0.2
+
+
+def stiff_gains() -> tuple[np.ndarray, np.ndarray]:
+    """Stand gains with stiffer arms, so gravity sag stays well inside the pose tolerance."""
+    kp, kd = g1_spec.gains_array()
+    kp[list(g1_spec.ARM_JOINTS)], kd[list(g1_spec.ARM_JOINTS)] = 200.0, 4.0
+    return kp, kd
+
+
+@pytest.fixture(scope="module")
+def sim() -> G1Sim:
+    s = G1Sim()
+    yield s
+    s.close()
+
+
+def test_stand_controller_holds_the_home_pose_on_the_gantry(sim: G1Sim) -> None:
+    sim.reset()
+    pelvis0, _ = sim.body_pose("pelvis")
+    sim.step(500)
+    assert sim.time == pytest.approx(1.0)
+    np.testing.assert_allclose(sim.joint_positions(), g1_spec.HOME_POSE, atol=0.05)
+    pelvis1, quat = sim.body_pose("pelvis")
+    np.testing.assert_allclose(pelvis1, pelvis0, atol=0.005)  # the weld holds the pelvis
+    imu = sim.imu()
+    np.testing.assert_allclose(imu["rpy"], 0.0, atol=0.01)
+    np.testing.assert_allclose(imu["accelerometer"], [0, 0, 9.81], atol=0.1)
+    np.testing.assert_allclose(imu["quaternion"], quat, atol=1e-6)
+
+
+def test_lowcmd_pose_is_reached_and_torque_clamped(sim: G1Sim) -> None:
+    sim.reset()
+    kp, kd = stiff_gains()
+    sim.set_command(ARM_POSE, kp, kd)
+    sim.step(1000)
+    np.testing.assert_allclose(sim.joint_positions()[list(g1_spec.ARM_JOINTS)], ARM_POSE[list(g1_spec.ARM_JOINTS)],
+                               atol=0.03)
+    # A huge gain asks for far more than the motors give: the applied torque stops at the effort limit.
+    sim.set_command(g1_spec.HOME_POSE, np.full(29, 1e5), np.zeros(29))
+    t = sim.compute_torque()
+    assert np.all(np.abs(t) <= g1_spec.EFFORT + 1e-9)
+    assert np.any(np.isclose(np.abs(t), g1_spec.EFFORT))
+    sim.step(1)
+    assert np.all(np.abs(sim.joint_torques()) <= g1_spec.EFFORT + 1e-6)
+
+
+def test_pd_law_and_disabled_motors(sim: G1Sim) -> None:
+    sim.reset()
+    q, dq = sim.joint_positions(), sim.joint_velocities()
+    rng = np.random.default_rng(0)
+    target, kp, kd = q + rng.uniform(-0.05, 0.05, 29), rng.uniform(5, 50, 29), rng.uniform(0.5, 2, 29)
+    dq_t, tau = rng.uniform(-0.1, 0.1, 29), rng.uniform(-0.5, 0.5, 29)
+    enabled = np.ones(29, dtype=bool)
+    enabled[3] = False
+    sim.set_command(target, kp, kd, dq=dq_t, tau=tau, enabled=enabled)
+    expect = np.clip(tau + kp * (target - q) + kd * (dq_t - dq), -g1_spec.EFFORT, g1_spec.EFFORT)
+    expect[3] = 0.0
+    np.testing.assert_allclose(sim.compute_torque(), expect, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="'kp'.*shape"):
+        sim.set_command(target, kp[:10], kd)
+    with pytest.raises(ValueError, match="NaN"):
+        sim.set_command(np.full(29, np.nan), kp, kd)
+
+
+def test_arm_sdk_weight_blends_with_the_stand_controller(sim: G1Sim) -> None:
+    sim.reset()
+    kp, kd = g1_spec.gains_array()
+    near = g1_spec.HOME_POSE + np.linspace(-0.05, 0.05, 29)  # small offsets: no torque reaches its limit
+    stand = sim.compute_torque()
+    sim.set_arm_sdk(near, kp, kd, weight=1.0)
+    full = sim.compute_torque()
+    assert np.all(np.abs(full) < g1_spec.EFFORT)
+    sim.set_arm_sdk(near, kp, kd, weight=0.25)
+    quarter = sim.compute_torque()
+    arm = list(g1_spec.ARM_SDK_JOINTS)
+    legs = [i for i in range(29) if i not in arm]
+    np.testing.assert_allclose(quarter[arm], 0.25 * full[arm] + 0.75 * stand[arm], atol=1e-9)
+    np.testing.assert_allclose(quarter[legs], stand[legs])  # legs stay with the built-in controller
+    sim.set_arm_sdk(near, kp, kd, weight=0.0)
+    np.testing.assert_allclose(sim.compute_torque(), stand)
+    kp, kd = stiff_gains()
+    sim.set_arm_sdk(ARM_POSE, kp, kd, weight=1.0)
+    sim.step(1000)
+    np.testing.assert_allclose(sim.joint_positions()[arm], ARM_POSE[arm], atol=0.03)
+
+
+def test_seeded_layout_is_reproducible_reachable_and_settles(sim: G1Sim) -> None:
+    a = G1Sim.sample_layout(7)
+    assert a == G1Sim.sample_layout(7)
+    assert a != G1Sim.sample_layout(8)
+    for seed in range(30):
+        lay = G1Sim.sample_layout(seed)
+        assert set(lay) == set(OBJECTS)
+        for name, (x, y, _) in lay.items():
+            assert SPAWN_X[0] <= x <= SPAWN_X[1] and SPAWN_Y[0] <= y <= SPAWN_Y[1]
+            assert x > TABLE_FRONT_X + 0.05
+        names = list(lay)
+        for i, n1 in enumerate(names):
+            for n2 in names[i + 1:]:
+                assert np.hypot(lay[n1][0] - lay[n2][0], lay[n1][1] - lay[n2][1]) >= 0.075
+    poses = sim.reset(seed=3)
+    sim.step(500)
+    after = sim.object_poses()
+    for name in BLOCKS:
+        np.testing.assert_allclose(after[name]["pos"], poses[name]["pos"], atol=0.005)  # resting, not falling
+        assert after[name]["pos"][2] == pytest.approx(TABLE_TOP_Z + 0.02, abs=0.003)
+
+
+def test_render_sees_the_table_and_blocks(sim: G1Sim) -> None:
+    sim.reset()
+    img = sim.render(g1_model.HEAD_CAMERA, size=(96, 128))
+    assert img.shape == (96, 128, 3) and img.dtype == np.uint8
+    red = (img[..., 0] > 150) & (img[..., 1] < 80) & (img[..., 2] < 80)
+    blue = (img[..., 2] > 150) & (img[..., 0] < 80)
+    assert red.sum() > 5 and blue.sum() > 5  # the blocks are in the head camera's view
+    wrist = sim.render(g1_model.WRIST_CAMERAS["right"], size=(64, 64))
+    assert wrist.shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="unknown camera"):
+        sim.render("no_such_camera")
+    K = sim.camera_intrinsics(g1_model.HEAD_CAMERA, 640, 480)
+    assert K[0, 0] == pytest.approx(240 / np.tan(np.radians(g1_model.D435_FOVY_DEG) / 2))
+
+
+def test_camera_pose_projects_objects_where_they_render(sim: G1Sim) -> None:
+    """The OpenCV-convention camera pose and K put the red block's centre on its red pixels."""
+    sim.reset()
+    h, w = 240, 320
+    img = sim.render(g1_model.HEAD_CAMERA, size=(h, w))
+    T_world_cam = sim.camera_pose(g1_model.HEAD_CAMERA, "opencv")
+    K = sim.camera_intrinsics(g1_model.HEAD_CAMERA, w, h)
+    centre = np.array(sim.object_poses()["red_block"]["pos"])  # the default layout's block is not rotated
+    corners = centre + 0.02 * np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    cam = (np.linalg.inv(T_world_cam) @ np.c_[corners, np.ones(8)].T)[:3]
+    uv = (K @ (cam / cam[2]))[:2].T
+    r, g, b = (img[..., i].astype(int) for i in range(3))
+    red = np.argwhere((r > 40) & (r > 1.6 * g) & (r > 1.6 * b))[:, ::-1]  # (u, v), shaded faces included
+    # the red pixels' bounding box is the projected cube's, to a pixel or two of shading/rasterisation
+    np.testing.assert_allclose(red.min(axis=0), uv.min(axis=0), atol=2.0)
+    np.testing.assert_allclose(red.max(axis=0), uv.max(axis=0), atol=2.0)
+
+
+def test_additions_insert_into_world_and_robot_bodies() -> None:
+    add = SceneAddition(
+        name="probe",
+        assets='<material name="probe_mat" rgba="1 0 1 1"/>',
+        worldbody='<body name="probe_world" pos="1 1 1"><geom type="sphere" size="0.01" material="probe_mat"/></body>',
+        bodies={"right_rubber_hand": '<site name="probe_site" pos="0.1 0 0"/>'},
+    )
+    s = G1Sim(SceneConfig(additions=[add]))
+    try:
+        assert s.model.site("probe_site").bodyid[0] == s.model.body("right_rubber_hand").id
+        assert s.body_pose("probe_world")[0].tolist() == [1, 1, 1]
+    finally:
+        s.close()
+    with pytest.raises(SceneError, match="lacks"):
+        build_scene_xml(SceneConfig(additions=[SceneAddition("bad", bodies={"no_body": "<site/>"})]))
+    with pytest.raises(SceneError, match="unknown scene addition 'nope'"):
+        build_scene_xml(SceneConfig(additions=["nope"]))
+
+
+def test_calibration_props_by_name() -> None:
+    pytest.importorskip("dit4dit.drivers.sim.calibration_props")
+    s = G1Sim(SceneConfig(additions=["charuco_board", "wrist_marker"]))
+    try:
+        assert s.model.body("calib_wrist_marker").parentid[0] == s.model.body("right_rubber_hand").id
+    finally:
+        s.close()
+
+
+def test_fixed_base_and_bad_models(tmp_path) -> None:
+    s = G1Sim(SceneConfig(base="fixed", tabletop=False))
+    try:
+        assert s.model.nq == 29 and s.model.nbody == 34 + 0  # world + 33 robot bodies, no objects
+    finally:
+        s.close()
+    with pytest.raises(SceneError, match="does not exist"):
+        build_scene_xml(SceneConfig(model_path=tmp_path / "missing.xml"))
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<mujoco><worldbody><body name="pelvis"><joint name="x"/></body></worldbody></mujoco>')
+    with pytest.raises(SceneError, match="lacks G1 joints"):
+        build_scene_xml(SceneConfig(model_path=bad))
+    with pytest.raises(SceneError, match="base must be"):
+        SceneConfig(base="floating")
+
+
+def test_task_reset_and_state() -> None:
+    tasks = pytest.importorskip("dit4dit.drivers.sim.tasks")
+    s = G1Sim()
+    try:
+        for name in tasks.task_names():
+            s.reset(seed=4, task=name)
+            state = s.task_state()
+            assert state["task"] == name and state["success"] is False
+        with pytest.raises(KeyError, match="unknown task"):
+            s.reset(task="fly")
+    finally:
+        s.close()
+
+
+def test_reference_mjcf_runs_in_g1sim(shared_dir) -> None:
+    """Unitree's full mesh MJCF loads with the same scene builder and holds the stand pose."""
+    path = shared_dir / "reference/unitree_g1_mujoco/g1_29dof.xml"
+    s = G1Sim(SceneConfig(model_path=path))
+    try:
+        s.step(300)
+        np.testing.assert_allclose(s.joint_positions()[list(g1_spec.ARM_JOINTS)],
+                                   g1_spec.HOME_POSE[list(g1_spec.ARM_JOINTS)], atol=0.05)
+        assert "red_block" in s.object_poses()
+    finally:
+        s.close()
