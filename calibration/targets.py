@@ -8,7 +8,9 @@ the board (away from a viewer looking at its face).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -133,3 +135,31 @@ WRIST_PLATE_PARENT = "right_rubber_hand"
 WRIST_PLATE_POS_IN_HAND = (0.055, 0.0, 0.037)  # plate body centre (m); the printed face is 1 mm above it
 
 TARGETS: dict[str, CharucoTarget] = {t.name: t for t in (INTRINSICS_BOARD, WRIST_PLATE)}
+
+
+def write_printable(target: CharucoTarget, folder: Path, dpi: int = 300) -> Path:
+    """A PNG of the target with a white margin, at ``dpi``; print at 100 % and check one square's size."""
+    px_per_m = dpi / 0.0254
+    px_per_square = int(round(target.square_m * px_per_m))
+    board = target.image(px_per_square)
+    margin = px_per_square // 2
+    page = np.full((board.shape[0] + 2 * margin, board.shape[1] + 2 * margin), 255, np.uint8)
+    page[margin:margin + board.shape[0], margin:margin + board.shape[1]] = board
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{target.name}_{target.squares_x}x{target.squares_y}_{target.square_m * 1000:g}mm_{dpi}dpi.png"
+    if not cv2.imwrite(str(path), page):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Write the calibration targets as printable PNGs.")
+    ap.add_argument("--print", dest="folder", type=Path, required=True, help="output folder")
+    ap.add_argument("--dpi", type=int, default=300)
+    args = ap.parse_args(argv)
+    for t in TARGETS.values():
+        print(write_printable(t, args.folder, args.dpi))
+
+
+if __name__ == "__main__":
+    main()

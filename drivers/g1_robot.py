@@ -209,6 +209,9 @@ class G1Robot:
         self._max_lateness_s = 0.0
         self._publish_errors = 0
         self._last_publish_error: str | None = None
+        self._send_times = np.zeros(1 << 14)  # ring of send times, for jitter measurements (bench/)
+        self._send_weights = np.zeros(1 << 14)  # ring of arm_sdk weights sent (tests check the ramp per tick)
+        self._send_count = 0
 
     # ---------------------------------------------------------------------------------------------
     # connect / disconnect
@@ -356,6 +359,21 @@ class G1Robot:
             "publish_errors": self._publish_errors,
         }
 
+    def send_times(self) -> np.ndarray:
+        """Monotonic times of the last (up to 16384) command sends, oldest first."""
+        return self._ring(self._send_times)
+
+    def sent_weights(self) -> np.ndarray:
+        """arm_sdk weights of the last (up to 16384) sends, oldest first (all 0 in lowcmd mode)."""
+        return self._ring(self._send_weights)
+
+    def _ring(self, ring: np.ndarray) -> np.ndarray:
+        n = self._send_count
+        if n <= len(ring):
+            return ring[:n].copy()
+        k = n % len(ring)
+        return np.concatenate([ring[k:], ring[:k]])
+
     # ---------------------------------------------------------------------------------------------
     # commands
     # ---------------------------------------------------------------------------------------------
@@ -387,10 +405,13 @@ class G1Robot:
 
     def damp(self, kd: float | None = None) -> None:
         """lowcmd: kp = 0, kd > 0 on every joint, still published at rate_hz.
-        arm_sdk: hold the last target while the weight ramps to 0 (arms return to Unitree's controller)."""
+        arm_sdk: hold the last target while the weight ramps to 0 (arms return to Unitree's controller).
+        Dex3 hands (if on) are released (passive)."""
         kd = self.config.damping_kd if kd is None else float(kd)
         if not kd > 0:
             raise ValueError(f"damping kd must be > 0, got {kd}")
+        for hand in self.hands.values():
+            hand.stop()  # Dex3: timeout bit, kp = kd = 0 (passive)
         with self._lock:
             if self.config.mode == "lowcmd":
                 q = self._raw["q"] if self._raw is not None else np.zeros(N)
@@ -592,8 +613,7 @@ class G1Robot:
                 t = self._target
                 if arm_sdk:
                     # Move the weight toward its target by at most one step per tick.
-                    w, wt = self._weight, self._weight_target
-                    w = min(wt, w + weight_step) if wt > w else max(wt, w - weight_step)
+                    w = ramp_toward(self._weight, self._weight_target, weight_step)
                     self._weight = w
                     mc["q"][g1_spec.ARM_SDK_WEIGHT_SLOT] = w
                 mc["q"][joints] = t.q[joints]
@@ -602,10 +622,14 @@ class G1Robot:
                 mc["kp"][joints] = t.kp[joints]
                 mc["kd"][joints] = t.kd[joints]
                 self._fill_msg(msg, rec)
+                sent_at = time.monotonic()
                 if not self._cmd_pub.Write(msg):
                     self._publish_errors += 1
                 else:
                     self._published += 1
+                self._send_times[self._send_count % len(self._send_times)] = sent_at
+                self._send_weights[self._send_count % len(self._send_weights)] = self._weight
+                self._send_count += 1
                 if self.hands and tick % hand_every == 0:
                     for side, hand in self.hands.items():
                         hand.fill(hand_msgs[side])
@@ -638,6 +662,15 @@ class G1Robot:
             m.kp = kps[i]
             m.kd = kds[i]
         msg.crc = hg_codec.packed_crc(rec)
+
+
+def ramp_toward(value: float, target: float, max_step: float) -> float:
+    """One tick of the arm_sdk weight ramp: move toward target by at most max_step, result in [0, 1]."""
+    if target > value:
+        value = min(target, value + max_step)
+    else:
+        value = max(target, value - max_step)
+    return min(1.0, max(0.0, value))
 
 
 def _vec(name: str, v: np.ndarray | float, nonneg: bool = False) -> np.ndarray:

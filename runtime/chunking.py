@@ -32,7 +32,14 @@ BlendMode = Literal["rtc", "client", "none"]
 
 
 class ChunkRejected(ValueError):
-    """A chunk that must not be executed: wrong shape, non-finite, outside the joint range, or too late."""
+    """A chunk that must not be executed. ``kind``: shape, non-finite, out-of-range, late or unrequested."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+RANGE_TOL = 1e-5  # rad: float32 on the wire rounds a limit value a few 1e-7 outside the float64 limit
 
 
 class Trajectory(Protocol):
@@ -248,20 +255,21 @@ class ChunkScheduler:
         try:
             a = np.array(actions, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ChunkRejected(f"actions are not numeric ({type(actions).__name__})") from None
+            raise ChunkRejected("shape", f"actions are not numeric ({type(actions).__name__})") from None
         if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != self.action_dim:
-            raise ChunkRejected(f"actions have shape {a.shape}, expected (H >= 1, {self.action_dim})")
+            raise ChunkRejected("shape", f"actions have shape {a.shape}, expected (H >= 1, {self.action_dim})")
         if not np.all(np.isfinite(a)):
-            raise ChunkRejected(f"actions contain {int(np.sum(~np.isfinite(a)))} NaN/inf values")
+            raise ChunkRejected("non-finite", f"actions contain {int(np.sum(~np.isfinite(a)))} NaN/inf values")
         if self.lower is not None and self.upper is not None:
-            bad = (a < self.lower) | (a > self.upper)
+            bad = (a < self.lower - RANGE_TOL) | (a > self.upper + RANGE_TOL)
             if np.any(bad):
                 rows, cols = np.nonzero(bad)
                 raise ChunkRejected(
+                    "out-of-range",
                     f"{int(bad.sum())} actions outside the joint range, first: step {rows[0]} joint {cols[0]} "
                     f"= {a[rows[0], cols[0]]:.3f} rad not in [{self.lower[cols[0]]:.3f}, {self.upper[cols[0]]:.3f}]"
                 )
-        return a
+        return np.clip(a, self.lower, self.upper) if self.lower is not None and self.upper is not None else a
 
     def on_chunk(self, actions: object, t_obs: float, t_arr: float) -> ChunkAccepted:
         """Accept a chunk for the observation at ``t_obs`` arriving at ``t_arr``, or raise ChunkRejected."""
@@ -270,7 +278,7 @@ class ChunkScheduler:
             raise RuntimeError("on_chunk before reset()")
         if req is None or abs(req.t_obs - t_obs) > 1e-9:
             self.chunks_rejected += 1
-            raise ChunkRejected("a chunk for an observation that is not the one requested (reset since?)")
+            raise ChunkRejected("unrequested", "a chunk for an observation that is not the one requested (reset since?)")
         try:
             a = self.validate(actions)
         except ChunkRejected:
@@ -282,6 +290,7 @@ class ChunkScheduler:
         if t_arr > new.end_time:
             self.chunks_rejected += 1
             raise ChunkRejected(
+                "late",
                 f"late: arrived {delay * 1e3:.0f} ms after its observation, past its last action "
                 f"({(len(a) - 1) * self.dt * 1e3:.0f} ms)"
             )

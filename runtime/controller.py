@@ -94,6 +94,10 @@ class LoopStats:
 
 @dataclass
 class Counters:
+    # Largest speed of the requested target (before the safety layer) over the ticks in RUNNING/HOLD/TELEOP,
+    # per elapsed time: a seam or handover that jumps shows up here even when the safety layer hides it.
+    max_target_speed: float = 0.0
+    max_target_speed_state: str = ""
     chunks_accepted: int = 0
     chunks_rejected: dict[str, int] = field(default_factory=dict)
     server_errors: int = 0
@@ -276,7 +280,7 @@ class Controller:
             return ExitCode.STARTUP
         st = self.robot.state()
         now = time.monotonic()
-        self.safe.reset(st.q, self.kp, self.kd)
+        self.safe.reset(st.q, self.kp, self.kd, now)
         self._ramp_from = np.array(st.q, dtype=np.float64)
         self._base = self._ramp_from.copy()
         self._base[:] = self.start_pose
@@ -341,8 +345,10 @@ class Controller:
         }[self.state]
         target = handler(now, st, ops)
         if target is not None and not self.safe.damped:
+            self._track_speed(target, now)
             self._commanded = target
-            self.safe.command(target, self.kp, self.kd)
+            # the write time, not the tick's start: the step allowed is scaled by the time since the last write
+            self.safe.command(target, self.kp, self.kd, now=time.monotonic())
         self._record(now, st)
         self._check_run_end(now)
 
@@ -513,7 +519,7 @@ class Controller:
         try:
             acc = self.scheduler.on_chunk(out.actions, out.request.t_obs, max(now, out.t_arrival))
         except ChunkRejected as e:
-            key = str(e).split(":")[0][:60]
+            key = e.kind
             self.counters.chunks_rejected[key] = self.counters.chunks_rejected.get(key, 0) + 1
             log.warning("chunk rejected: %s", e)
             return False
@@ -523,6 +529,15 @@ class Controller:
         return True
 
     # ------------------------------------------------------------------------------------ helpers
+    def _track_speed(self, target: np.ndarray, now: float) -> None:
+        prev, t_prev = getattr(self, "_speed_ref", (None, 0.0))
+        if prev is not None and self.state in (State.RUNNING, State.HOLD, State.TELEOP) and now > t_prev:
+            v = float(np.max(np.abs(target - prev))) / max(now - t_prev, self.dt)
+            if v > self.counters.max_target_speed:
+                self.counters.max_target_speed = v
+                self.counters.max_target_speed_state = self.state.value
+        self._speed_ref = (target, now)
+
     def _full(self, q_ctrl: np.ndarray) -> np.ndarray:
         q = self._base.copy()
         q[self.action_idx] = q_ctrl
@@ -587,6 +602,8 @@ class Controller:
             "states": [[round(t.t, 3), t.src.value, t.dst.value, t.reason] for t in self.transitions],
             "safety": {"commands": s.commands, "rejected": dict(s.rejected), "step_limited": s.step_limited,
                        "position_clamped": s.position_clamped},  # fmt: skip
+            "max_target_speed": round(self.counters.max_target_speed, 4),
+            "max_target_speed_state": self.counters.max_target_speed_state,
             "chunks": {"accepted": self.counters.chunks_accepted, "rejected": self.counters.chunks_rejected,
                        "requests": self.counters.requests, "server_errors": self.counters.server_errors,
                        "camera_faults": self.counters.camera_faults},  # fmt: skip

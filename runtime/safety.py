@@ -7,7 +7,10 @@ Whatever asks for a command (policy chunks, teleop, ramps), what reaches ``robot
   pose) may hold or move inwards, never further out;
 * at most ``max_delta[j]`` from the previous command on every joint, where ``max_delta`` is the
   tighter of the per-tick step limit and the velocity limit times the tick. The whole delta vector is
-  scaled by one factor, so the direction of motion is kept (xr_teleoperate's arm clipper does the same);
+  scaled by one factor, so the direction of motion is kept (xr_teleoperate's arm clipper does the same).
+  Given the command's time, a tick that comes sooner than one period after the previous one may only
+  move that fraction of the step, so a control loop that catches up after a stall (several ticks in a
+  burst) cannot make the driver's 500 Hz publisher send a bigger step than time allows;
 * gains clamped to [0, max_kp] / [0, max_kd], feed-forward velocity to +-max_velocity, torque to a
   fraction of each joint's effort; non-finite or wrong-shaped gains fall back to the last safe ones.
 
@@ -45,6 +48,7 @@ class SafetyLimits:
     max_kd: float
     max_tau: np.ndarray  # (29,) feed-forward torque bound, N*m
     damping_kd: float
+    dt: float = g1_spec.CONTROL_DT  # the control tick the step limits are per
 
     def __post_init__(self) -> None:
         for name in ("lower", "upper", "max_delta", "max_tau"):
@@ -71,6 +75,7 @@ class SafetyLimits:
             max_kd=float(safety.max_kd),
             max_tau=g1_spec.EFFORT * float(safety.max_torque_fraction),
             damping_kd=float(safety.damping_kd),
+            dt=dt,
         )
 
 
@@ -121,8 +126,9 @@ class SafetyFilter:
         self.limits = limits
         self.stats = SafetyStats()
         self.last: JointCommand | None = None
+        self._t_last: float | None = None
 
-    def reset(self, q_measured: Any, kp: Any, kd: Any) -> JointCommand:
+    def reset(self, q_measured: Any, kp: Any, kd: Any, now: float | None = None) -> JointCommand:
         """Start from the measured pose (clipped into the hard range), so the first command is no jump."""
         q = _as_vector(q_measured)
         if q is None:
@@ -139,13 +145,17 @@ class SafetyFilter:
             dq=np.zeros(N),
             tau=np.zeros(N),
         )
+        self._t_last = now
         return self.last
 
     def box(self, prev_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Position bounds for the next command: the soft box, widened only to where prev_q already is."""
         return np.minimum(self.limits.lower, prev_q), np.maximum(self.limits.upper, prev_q)
 
-    def __call__(self, q: Any, kp: Any = None, kd: Any = None, dq: Any = None, tau: Any = None) -> JointCommand:
+    def __call__(
+        self, q: Any, kp: Any = None, kd: Any = None, dq: Any = None, tau: Any = None, now: float | None = None
+    ) -> JointCommand:
+        """The safe command for this request. ``now`` (monotonic s): scale the step by the time since the last."""
         prev = self.last
         if prev is None:
             raise SafetyError("no reference pose: call reset(measured q) before the first command")
@@ -160,14 +170,23 @@ class SafetyFilter:
         clamped = np.clip(target, lo, hi)
         if np.any(clamped != target):
             self.stats.position_clamped += 1
+        max_delta = lim.max_delta
+        if now is not None:
+            if self._t_last is not None:
+                frac = min(1.0, max(0.0, (now - self._t_last) / lim.dt))
+                max_delta = lim.max_delta * frac
+            self._t_last = now
         delta = clamped - prev.q
-        ratio = float(np.max(np.abs(delta) / lim.max_delta))
+        if np.any(max_delta <= 0):  # two commands at the same instant: no motion allowed
+            ratio = np.inf if np.any(delta != 0) else 0.0
+        else:
+            ratio = float(np.max(np.abs(delta) / max_delta))
         if ratio > 1.0:
             self.stats.step_limited += 1
-            delta = delta / ratio
+            delta = delta / ratio if np.isfinite(ratio) else np.zeros(N)
         new_q = np.clip(prev.q + delta, lo, hi)
         # Rounding in prev + delta/ratio may overshoot the step by an ulp; pull it back.
-        new_q = np.clip(new_q, prev.q - lim.max_delta, prev.q + lim.max_delta)
+        new_q = np.clip(new_q, prev.q - max_delta, prev.q + max_delta)
 
         new_kp = self._bounded("kp", kp, prev.kp, 0.0, lim.max_kp)
         new_kd = self._bounded("kd", kd, prev.kd, 0.0, lim.max_kd)
@@ -214,17 +233,19 @@ class SafeRobot:
     def last(self) -> JointCommand | None:
         return self.filter.last
 
-    def reset(self, q_measured: Any, kp: Any, kd: Any) -> JointCommand:
+    def reset(self, q_measured: Any, kp: Any, kd: Any, now: float | None = None) -> JointCommand:
         with self._lock:
             if self.damped:
                 raise SafetyError("reset after damping: restart dit4dit-robot to re-arm")
-            return self.filter.reset(q_measured, kp, kd)
+            return self.filter.reset(q_measured, kp, kd, now)
 
-    def command(self, q: Any, kp: Any = None, kd: Any = None, dq: Any = None, tau: Any = None) -> JointCommand:
+    def command(
+        self, q: Any, kp: Any = None, kd: Any = None, dq: Any = None, tau: Any = None, now: float | None = None
+    ) -> JointCommand:
         with self._lock:
             if self.damped:
                 raise SafetyError("command after damping: the robot stays damped until restart")
-            cmd = self.filter(q, kp, kd, dq, tau)
+            cmd = self.filter(q, kp, kd, dq, tau, now)
             self.robot.command(cmd.q, cmd.kp, cmd.kd, dq=cmd.dq, tau=cmd.tau)
             return cmd
 

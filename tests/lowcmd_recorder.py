@@ -2,8 +2,10 @@
 
     python tests/lowcmd_recorder.py --domain D --out cmds.npz
 
-Runs until SIGTERM/SIGINT, then writes t (receipt, monotonic), q, dq, tau, kp, kd (N, 29) and mode (N, 29).
-Prints "recording" once subscribed.
+Runs until SIGTERM/SIGINT, then writes t (the publisher's DDS source timestamp, s), q, dq, tau, kp, kd
+(N, 29) and mode (N, 29). Uses a CycloneDDS reader with a deep history on the SDK's participant, so a
+starved recorder loses nothing and the times are when the driver wrote each message, not when this
+process got around to reading it. Prints "recording" once subscribed.
 """
 
 from __future__ import annotations
@@ -28,31 +30,40 @@ def main() -> int:
     p.add_argument("--topic", default=g1_spec.TOPIC_LOWCMD)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    from unitree_sdk2py.core.channel import ChannelFactoryInitialize, ChannelSubscriber
+    from cyclonedds.core import Policy, Qos
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+    from unitree_sdk2py.core.channel import ChannelFactory, ChannelFactoryInitialize
     from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowCmd_
 
     ChannelFactoryInitialize(args.domain, args.interface)
+    participant = ChannelFactory._ChannelFactory__participant
+    reader = DataReader(participant, Topic(participant, args.topic, LowCmd_),
+                        qos=Qos(Policy.History.KeepLast(100000), Policy.Reliability.Reliable(0)))  # fmt: skip
     rows: list[tuple] = []
-    lock = threading.Lock()
+    stop_reading = threading.Event()
 
-    def on_cmd(msg: LowCmd_) -> None:
-        t = time.monotonic()
-        mc = msg.motor_cmd[:N]
-        row = (t, [m.q for m in mc], [m.dq for m in mc], [m.tau for m in mc], [m.kp for m in mc],
-               [m.kd for m in mc], [m.mode for m in mc])  # fmt: skip
-        with lock:
-            rows.append(row)
+    def read_loop() -> None:
+        while not stop_reading.is_set():
+            samples = reader.take(N=10000)
+            for msg in samples:
+                mc = msg.motor_cmd[:N]
+                t = msg.sample_info.source_timestamp * 1e-9
+                rows.append((t, [m.q for m in mc], [m.dq for m in mc], [m.tau for m in mc], [m.kp for m in mc],
+                             [m.kd for m in mc], [m.mode for m in mc]))  # fmt: skip
+            time.sleep(0.01)
 
-    sub = ChannelSubscriber(args.topic, LowCmd_)
-    sub.Init(on_cmd, 0)
+    thread = threading.Thread(target=read_loop, daemon=True)
+    thread.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     print("recording", flush=True)
     done.wait()
-    sub.Close()
-    with lock:
-        data = list(rows)
+    time.sleep(0.05)
+    stop_reading.set()
+    thread.join(2.0)
+    data = sorted(rows, key=lambda r: r[0])
     if data:
         t, q, dq, tau, kp, kd, mode = (np.array(c) for c in zip(*data))
     else:

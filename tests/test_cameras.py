@@ -207,11 +207,11 @@ def test_zmq_camera_no_publisher_is_camera_error(free_port):
 def test_sim_camera_insists_on_simulator_source_and_camera_name(free_port):
     ep = f"tcp://127.0.0.1:{free_port}"
     with ImageStreamPublisher(ep, "head", source="realsense") as pub, _Feeder(pub):
-        cam = make_camera(SimCameraConfig(name="head", endpoint=ep, connect_timeout_s=1.0))
+        cam = make_camera(SimCameraConfig(name="head", endpoint=ep, connect_timeout_s=10.0))
         with pytest.raises(CameraError, match="comes from 'realsense', expected 'dit4dit-sim'"):
             cam.connect()
     with ImageStreamPublisher(ep, "left_wrist", source="dit4dit-sim") as pub, _Feeder(pub):
-        cam = make_camera(SimCameraConfig(name="head", endpoint=ep, connect_timeout_s=1.0))
+        cam = make_camera(SimCameraConfig(name="head", endpoint=ep, connect_timeout_s=10.0))
         with pytest.raises(CameraError, match="carries camera 'left_wrist', expected 'head'"):
             cam.connect()
     with ImageStreamPublisher(ep, "head", source="dit4dit-sim") as pub, _Feeder(pub):

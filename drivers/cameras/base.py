@@ -135,8 +135,9 @@ class Camera(abc.ABC):
     """connect / read_latest / disconnect, with a background reader thread keeping the newest frame.
 
     Subclasses implement ``_open`` (raise CameraError with what to check), ``_grab`` (block up to
-    ``timeout_s`` for the next raw frame and hand it to ``self._gate``; return the Frame or None)
-    and ``_close``.
+    ``timeout_s`` for the next raw frame and hand it to ``self._gate``; return the Frame or None;
+    raise CameraError for a mismatch retrying cannot fix, anything else for a transient failure:
+    ``max_consecutive_failures`` of those in a row stop the reader) and ``_close``.
     """
 
     max_consecutive_failures = 10  # reader gives up (fault) after this many failed grabs in a row
@@ -250,7 +251,14 @@ class Camera(abc.ABC):
         while not self._stop.is_set():
             try:
                 frame = self._grab(poll)
-            except Exception as e:  # noqa: BLE001 - any device error counts as a failed grab
+            except CameraError as e:
+                # A configuration mismatch (wrong size, wrong stream): retrying cannot help.
+                with self._lock:
+                    self._reader_error = str(e)
+                    self._new_frame.notify_all()
+                log.error("camera %r: %s", self.name, e)
+                return
+            except Exception as e:  # noqa: BLE001 - any other device error counts as a (transient) failed grab
                 failures += 1
                 log.warning("camera %r: read failed (%d in a row): %s", self.name, failures, e)
                 if failures >= self.max_consecutive_failures:

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import Camera, CameraConfig, CameraError, Frame
+from .base import Camera, CameraConfig, CameraError, CameraFault, Frame
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class OpenCVCamera(Camera):
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, bgr = self._cap.read()
         if not ok or bgr is None:
-            raise CameraError(f"camera {self.name!r}: {self.describe()} returned no frame (unplugged or end of file)")
+            raise CameraFault(f"camera {self.name!r}: {self.describe()} returned no frame (unplugged or end of file)")
         cfg = self.config
         if cfg.width is not None and (bgr.shape[1], bgr.shape[0]) != (cfg.width, cfg.height):
             # A device that ignores the requested mode must not feed the policy a different size silently.

@@ -187,7 +187,7 @@ class RealSenseCamera(Camera):
             self._misses += 1
             if self._misses * timeout_s >= self.config.frame_timeout_s:
                 self._misses = 0
-                raise CameraError(f"camera {self.name!r}: no frame from RealSense {self._serial} for {self.config.frame_timeout_s} s")
+                raise CameraFault(f"camera {self.name!r}: no frame from RealSense {self._serial} for {self.config.frame_timeout_s} s")
             return None
         self._misses = 0
         if self._align is not None:

@@ -297,17 +297,17 @@ class ZmqCamera(Camera):
             raise CameraFault(f"camera {self.name!r}: bad message from {self.config.endpoint}: {e}") from e
         cfg = self.config
         if cfg.stream_camera is not None and header.get("camera") != cfg.stream_camera:
-            raise CameraFault(
+            raise CameraError(
                 f"camera {self.name!r}: stream {cfg.endpoint} carries camera {header.get('camera')!r}, "
                 f"expected {cfg.stream_camera!r}; check the port"
             )
         if cfg.expect_source is not None and header.get("source") != cfg.expect_source:
-            raise CameraFault(
+            raise CameraError(
                 f"camera {self.name!r}: stream {cfg.endpoint} comes from {header.get('source')!r}, "
                 f"expected {cfg.expect_source!r}"
             )
         if cfg.width is not None and (image.shape[1], image.shape[0]) != (cfg.width, cfg.height):
-            raise CameraFault(
+            raise CameraError(
                 f"camera {self.name!r}: stream frames are {image.shape[1]}x{image.shape[0]}, configured {cfg.width}x{cfg.height}"
             )
         if header.get("stream_id") != self._stream_id:

@@ -31,6 +31,7 @@ from dit4dit.drivers import g1_spec, hg_codec
 from dit4dit.drivers.cameras.zmq_stream import ImageStreamPublisher
 from dit4dit.drivers.remote import Remote
 from dit4dit.drivers.sim import g1_model
+from dit4dit.drivers.sim.lowstate_wire import LowStateRecord, LowStateWriter
 from dit4dit.drivers.sim.scene import G1Sim
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ class CameraStreamConfig:
     """One published camera: stream name (``head``, ``left_wrist``, ``right_wrist`` or a model camera)."""
 
     name: str = "head"
-    width: int = 640
-    height: int = 480
+    width: int = 320  # 640x480 (the D435's mode) costs ~4x the CPU of 320x240 on a software renderer
+    height: int = 240
     fps: float = 30.0
     port: int = DEFAULT_CAMERA_PORT
     latency_s: float = 0.0  # injected delay between render and publish (calibration tests)
@@ -150,13 +151,14 @@ class SimBridge:
                                  f"available: {', '.join(sim.camera_names())}")
         self.stats = BridgeStats()
         self.remote = Remote()
-        self._remote_bytes = list(self.remote.pack())
+        self._remote_raw = self.remote.pack()
+        self._remote_bytes = list(self._remote_raw)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._cameras: list[_CameraWorker] = []
         self._ctx = zmq.Context()
-        self._lowstate_pub = None
-        self._msg = None
+        self._lowstate_pub: LowStateWriter | None = None
+        self._lowstate = LowStateRecord(self.config.mode_machine)
         self._started = False
         self._tick_ms = 0
         self._tick_step_ms = max(1, int(round(sim.model.opt.timestep * 1000)))
@@ -167,15 +169,19 @@ class SimBridge:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Open DDS, the camera streams and the control socket, and start the worker threads."""
-        from unitree_sdk2py.core.channel import ChannelFactoryInitialize, ChannelPublisher, ChannelSubscriber
-        from unitree_sdk2py.idl.default import unitree_hg_msg_dds__LowState_
-        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowCmd_, LowState_
+        from unitree_sdk2py.core.channel import ChannelFactoryInitialize, ChannelSubscriber
+        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowCmd_
 
         cfg = self.config
-        ChannelFactoryInitialize(cfg.domain, cfg.interface)
-        self._msg = unitree_hg_msg_dds__LowState_()
-        self._lowstate_pub = ChannelPublisher(g1_spec.TOPIC_LOWSTATE, LowState_)
-        self._lowstate_pub.Init()
+        # The SDK's factory is a per-process singleton: the first domain/interface wins, so run one
+        # bridge per process (dit4dit-sim does).
+        try:
+            ChannelFactoryInitialize(cfg.domain, cfg.interface)
+        except Exception as e:  # noqa: BLE001 - the SDK raises a bare Exception
+            raise RuntimeError(f"CycloneDDS could not start on domain {cfg.domain}, interface {cfg.interface!r}: "
+                               f"{e} (does the interface exist? `ip link`; on lo enable multicast: "
+                               "`sudo ip link set lo multicast on`)") from e
+        self._lowstate_pub = LowStateWriter(cfg.domain)
         self._sub_lowcmd = ChannelSubscriber(g1_spec.TOPIC_LOWCMD, LowCmd_)
         self._sub_lowcmd.Init(self._on_lowcmd, 0)
         self._sub_arm = ChannelSubscriber(g1_spec.TOPIC_ARM_SDK, LowCmd_)
@@ -258,39 +264,26 @@ class SimBridge:
             log.warning(text)
 
     # ------------------------------------------------------------------ physics + lowstate
-    def fill_lowstate(self) -> Any:
-        """Write the current sim state into the reused LowState_ message (call under sim.lock)."""
-        sim, msg = self.sim, self._msg
-        q, dq = sim.joint_positions(), sim.joint_velocities()
-        ddq = sim.data.qacc[sim._dadr]
-        tau = sim.joint_torques()
-        for i, ms in enumerate(msg.motor_state[: g1_spec.NUM_JOINTS]):
-            ms.mode = 1
-            ms.q, ms.dq, ms.ddq, ms.tau_est = float(q[i]), float(dq[i]), float(ddq[i]), float(tau[i])
-            ms.temperature = [MOTOR_TEMPERATURE_C, MOTOR_TEMPERATURE_C]
-            ms.vol = MOTOR_VOLTAGE_V
+    def fill_lowstate(self) -> bytes:
+        """The current sim state as a serialized rt/lowstate sample with its CRC (call under sim.lock)."""
+        sim = self.sim
         imu = sim.imu()
-        msg.imu_state.quaternion = imu["quaternion"].tolist()
-        msg.imu_state.rpy = imu["rpy"].tolist()
-        msg.imu_state.gyroscope = imu["gyroscope"].tolist()
-        msg.imu_state.accelerometer = imu["accelerometer"].tolist()
-        msg.imu_state.temperature = MOTOR_TEMPERATURE_C
-        msg.mode_pr = 0
-        msg.mode_machine = self.config.mode_machine
         # tick: milliseconds of simulated time since the bridge started (unitree_mujoco's C++ bridge
         # uses sim ms too); it keeps counting across resets so it never repeats or goes back
-        msg.tick = self._tick_ms & 0xFFFFFFFF
-        msg.wireless_remote = self._remote_bytes
-        msg.crc = hg_codec.lowstate_crc(msg)
-        return msg
+        self._lowstate.fill(
+            q=sim.joint_positions(), dq=sim.joint_velocities(), ddq=sim.data.qacc[sim._dadr],
+            tau=sim.joint_torques(), quaternion=imu["quaternion"], rpy=imu["rpy"], gyroscope=imu["gyroscope"],
+            accelerometer=imu["accelerometer"], tick=self._tick_ms, wireless_remote=self._remote_raw,
+            motor_mode=1, temperature=MOTOR_TEMPERATURE_C, voltage=MOTOR_VOLTAGE_V, imu_temperature=MOTOR_TEMPERATURE_C)
+        return self._lowstate.serialize()
 
     def step_and_publish(self) -> None:
         """One physics step and one rt/lowstate message."""
         with self.sim.lock:
             self.sim.step(1)
             self._tick_ms += self._tick_step_ms
-            msg = self.fill_lowstate()
-            self._lowstate_pub.Write(msg)
+            sample = self.fill_lowstate()
+        self._lowstate_pub.write(sample)
         self.stats.steps += 1
         self.stats.lowstate_published += 1
 
@@ -343,13 +336,17 @@ class SimBridge:
                     cam.frame_id += 1
                     self.stats.frames[cam.cfg.name] = cam.frame_id
                 if now >= cam.next_due:
-                    snap = self.sim.snapshot(snap)
+                    with self.sim.lock:
+                        snap = self.sim.snapshot(snap)
+                        # device stamp: simulated seconds since the bridge started (sim.time restarts on
+                        # reset; a camera's device clock must keep increasing)
+                        sim_clock = self._tick_ms / 1000.0
                     captured = time.monotonic()
                     image = self.sim.render(cam.cfg.model_camera, (cam.cfg.height, cam.cfg.width), data=snap)
                     if cam.latency_s > 0:
-                        cam.pending.append((captured + cam.latency_s, image, float(snap.time)))
+                        cam.pending.append((captured + cam.latency_s, image, sim_clock))
                     else:
-                        cam.publisher.publish(image, frame_id=cam.frame_id, stamp=captured, device_stamp=float(snap.time))
+                        cam.publisher.publish(image, frame_id=cam.frame_id, stamp=captured, device_stamp=sim_clock)
                         cam.frame_id += 1
                         self.stats.frames[cam.cfg.name] = cam.frame_id
                     cam.next_due += 1.0 / cam.cfg.fps
@@ -454,8 +451,9 @@ class SimBridge:
         raise ValueError(f"unknown command {cmd!r}; commands: {', '.join(self.COMMANDS)}")
 
     def set_remote(self, remote: Remote) -> None:
-        self.remote = remote
-        self._remote_bytes = list(remote.pack())
+        """Buttons/sticks reported in rt/lowstate from the next message on (held until changed)."""
+        raw = remote.pack()
+        self.remote, self._remote_raw, self._remote_bytes = remote, raw, list(raw)
 
 
 def control_request(address: str, cmd: str, timeout_s: float = 5.0, **fields: Any) -> dict[str, Any]:

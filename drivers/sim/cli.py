@@ -20,8 +20,8 @@ _CAMERA_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?::(?P<w>\d+)x(?P<h>\d+))?(?:
 
 EPILOG = """\
 examples:
-  dit4dit-sim                                   # headless, tabletop, head camera 640x480@30 on tcp://127.0.0.1:55555
-  dit4dit-sim --camera head:224x224@30 --camera right_wrist:320x240@15
+  dit4dit-sim                                   # headless, tabletop, head camera 320x240@30 on tcp://127.0.0.1:55555
+  dit4dit-sim --camera head:640x480@30 --camera right_wrist:320x240@15   # D435-sized head + a wrist camera
   dit4dit-sim --task push_green --seed 3        # lay the scene out for a task
   dit4dit-sim --props charuco_board,wrist_marker
   dit4dit-sim --model ../shared/reference/unitree_g1_mujoco/g1_29dof.xml   # a full mesh MJCF instead
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--task", default=None, help="lay the scene out for this task (drivers/sim/tasks.py)")
     cam = p.add_argument_group("cameras and sockets")
     cam.add_argument("--camera", action="append", default=None, metavar="NAME[:WxH][@FPS]",
-                     help="publish a camera: head, left_wrist, right_wrist (repeatable; default head:640x480@30)")
+                     help="publish a camera: head, left_wrist, right_wrist (repeatable; default head:320x240@30)")
     cam.add_argument("--no-cameras", action="store_true", help="publish no camera")
     cam.add_argument("--camera-port", type=int, default=55555,
                      help="port of the first camera stream; the next cameras take the next ports (default %(default)s)")

@@ -169,6 +169,7 @@ class SceneConfig:
     tabletop: bool = True  # table, blocks, bowl, target
     additions: Sequence[str | SceneAddition] = ()
     offscreen_size: tuple[int, int] = (1280, 960)  # max render width, height
+    msaa_samples: int = 0  # multisample anti-aliasing; each sample costs about a full frame on a CPU renderer
 
     def __post_init__(self) -> None:
         if self.base not in ("weld", "fixed", "free"):
@@ -334,6 +335,7 @@ def build_scene_xml(config: SceneConfig | None = None) -> tuple[str, dict[str, b
     glob.set("offheight", str(cfg.offscreen_size[1]))
     quality = visual.find("quality") if visual.find("quality") is not None else ET.SubElement(visual, "quality")
     quality.set("shadowsize", "0")  # shadows cost more than the whole scene on a software renderer
+    quality.set("offsamples", str(int(cfg.msaa_samples)))
 
     # IMU site + sensors, and the head camera, where the model lacks them.
     sites = {s.get("name") for s in root.iter("site")}

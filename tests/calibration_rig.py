@@ -1,0 +1,59 @@
+"""A live dit4dit-sim for the calibration tests: real process, real DDS on a private domain, real ZeroMQ."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_sim(tmp: Path, domain: int, camera_port: int, props: str, fps: float = 30.0) -> Iterator[dict]:
+    """dit4dit-sim without the table, with the given props and a 640x480 head camera; killed on exit."""
+    from dit4dit.drivers.sim.bridge import control_request
+
+    control_port = _port()
+    log_path = tmp / "sim.log"
+    log = open(log_path, "wb")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dit4dit.drivers.sim.cli", "--domain", str(domain), "--no-table", "--props", props,
+         "--camera", f"head:640x480@{fps:g}", "--camera-port", str(camera_port), "--control-port", str(control_port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    control = f"tcp://127.0.0.1:{control_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                control_request(control, "ping", timeout_s=1.0)
+                break
+            except (TimeoutError, RuntimeError):
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"dit4dit-sim did not come up:\n{log_path.read_text()[-3000:]}") from None
+        yield {"domain": domain, "endpoint": f"tcp://127.0.0.1:{camera_port}", "control": control, "log": log_path}
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        log.close()
+
+
+def real_time_factor(control: str, seconds: float = 1.0) -> float:
+    """Simulated seconds per wall second over ``seconds``: below ~0.9 the host is too loaded for timing."""
+    from dit4dit.drivers.sim.bridge import control_request
+
+    a, t0 = control_request(control, "state")["sim_time"], time.monotonic()
+    time.sleep(seconds)
+    return (control_request(control, "state")["sim_time"] - a) / (time.monotonic() - t0)

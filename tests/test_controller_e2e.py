@@ -1,0 +1,147 @@
+"""End to end: dit4dit-sim, dit4dit-serve (a tiny random checkpoint) and dit4dit-robot as three processes over
+real DDS and ZeroMQ. The robot ramps in, runs the policy, is taken over by a scripted ZmqTeleop stream,
+handed back, and e-stopped from the simulated wireless remote; the trial is recorded as a LeRobot dataset.
+Every LowCmd the robot publishes is recorded by a DDS subscriber and checked against the limits.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dit4dit.drivers import g1_spec
+from tests.robot_rig import Rig, assert_commands_within_limits, assert_in_order, free_port, states
+
+pytestmark = pytest.mark.slow
+
+POLICY_HZ = 15.0  # the tiny CPU model takes ~0.3 s per chunk here: 16 steps at 15 Hz leave room for that
+
+
+@pytest.fixture
+def rig(tmp_path, dds_domain):
+    r = Rig(tmp_path, dds_domain)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_sim_serve_robot_policy_teleop_handback_estop(rig: Rig, tmp_path) -> None:
+    from dit4dit.drivers.teleop import TeleopSender
+    from dit4dit.policy.checkpoint import make_random_checkpoint
+    from dit4dit.runtime.dataset import LeRobotDataset
+
+    ckpt = make_random_checkpoint(tmp_path / "tiny.pt", "tiny", chunk_length=16, control_rate_hz=POLICY_HZ)
+    server = rig.start("serve", ["dit4dit-serve", "--ckpt", str(ckpt), "--bind", rig.server_address,
+                                 "--device", "cpu", "--max-batch", "1"])  # fmt: skip
+    teleop_port = free_port()
+    sender = TeleopSender(f"tcp://127.0.0.1:{teleop_port}")
+    cfg = rig.config(
+        server={"timeout_s": 2.0},
+        rates={"policy_hz": POLICY_HZ, "execution_horizon": 6},
+        safety={"server_hold_s": 3.0, "server_damp_s": 3.0},
+        teleop={"device": "zmq", "endpoint": f"tcp://127.0.0.1:{teleop_port}", "takeover_buttons": ["L1", "A"],
+                "release_buttons": ["L1", "X"]},  # fmt: skip
+        recording={"enabled": True, "root": str(tmp_path / "rec")},
+    )
+    robot = rig.start_robot(cfg)
+    stop_stream = threading.Event()
+    elbow = g1_spec.joint_index("left_elbow_joint")
+    goal = g1_spec.HOME_POSE.copy()
+    goal[elbow] = 0.5
+
+    def stream() -> None:  # a leader arm / VR app 50 times a second
+        while not stop_stream.is_set():
+            sender.send_q(goal)
+            time.sleep(0.02)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    try:
+        robot.wait_for("READY -> RUNNING", 120)
+        time.sleep(4.0)  # policy runs
+        streamer.start()
+        rig.remote("L1", "A")
+        robot.wait_for("RUNNING -> TELEOP", 10)
+        time.sleep(2.0)  # slides to the teleop target at the handover speed, then tracks it
+        q = rig.sim_q()
+        assert abs(q[elbow] - 0.5) < 0.1, f"left elbow at {q[elbow]:.3f}, teleop asked 0.5"
+        rig.remote("L1", "X")
+        robot.wait_for("TELEOP -> RUNNING: operator hands back", 10)
+        time.sleep(3.0)  # policy again, from where the person left the arm
+        rig.remote("L2", "B", hold_s=0.5)
+        code = rig.wait_exit(30)
+    finally:
+        stop_stream.set()
+        sender.close()
+    assert code == 3, robot.text()[-3000:]
+    s = rig.summary()
+    assert_in_order(s, [
+        ("CONNECTING", "RAMP_IN", "robot connected"),
+        ("RAMP_IN", "READY", "start pose reached"),
+        ("READY", "RUNNING", "autostart"),
+        ("RUNNING", "TELEOP", "operator takeover (remote L1+A)"),
+        ("TELEOP", "RUNNING", "operator hands back (remote L1+X)"),
+        ("RUNNING", "STOPPING", "operator e-stop (remote L2+B)"),
+        ("STOPPING", "DAMPED", "damping in force"),
+    ])  # fmt: skip
+    assert states(s)[-2:] == ["STOPPING", "DAMPED"]
+    assert s["chunks"]["accepted"] >= 5, s["chunks"]
+    report = assert_commands_within_limits(rig.commands(), cfg)
+    assert report["messages"] > 1000
+    # The last commands are damping: kp = 0 on every joint.
+    cmds = np.load(rig.cmds_path)
+    assert np.all(cmds["kp"][-5:] == 0) and np.all(cmds["kd"][-5:] > 0)
+    # The trial was recorded: one episode, with the teleop part flagged as an intervention.
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert len(ds) == 1
+    ep = ds.episode(0)
+    assert ep.length > 30
+    assert ep.intervention.any() and not ep.intervention.all()
+    assert ds.instructions == ["pick up the red block"]
+    server.stop(signal.SIGTERM)
+
+
+def test_run_length_ends_with_ramp_out_and_sigint_stops(rig: Rig) -> None:
+    rig.start_bad_server("good")
+    cfg = rig.config(run={"duration_s": 2.0})
+    robot = rig.start_robot(cfg)
+    assert rig.wait_exit(60) == 0, robot.text()[-3000:]
+    s = rig.summary()
+    assert_in_order(s, [("READY", "RUNNING", "autostart"), ("RUNNING", "STOPPING", "run length 2.0 s reached"),
+                        ("STOPPING", "DAMPED", "damping in force")])  # fmt: skip
+    # a second run, stopped with SIGINT (Ctrl-C): damped on the next tick, exit code 0. First let the damped
+    # arms come to rest (the start-up watchdog would rightly refuse a robot whose joints are still swinging).
+    from dit4dit.drivers.sim.bridge import control_request
+
+    deadline = time.monotonic() + 15
+    while np.max(np.abs(control_request(rig.control, "state")["dq"])) > 0.5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    robot2 = rig.start_robot(rig.config())
+    robot2.wait_for("READY -> RUNNING", 60)
+    time.sleep(0.5)
+    robot2.send_signal(signal.SIGINT)
+    assert rig.wait_exit(30) == 0
+    s2 = rig.summary()
+    assert_in_order(s2, [("RUNNING", "STOPPING", "SIGINT received"), ("STOPPING", "DAMPED", "damping in force")])
+    assert_commands_within_limits(rig.commands(), cfg)
+
+
+def test_bad_config_and_missing_server_exit_1(tmp_path) -> None:
+    import subprocess
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("robot: {domian: 1}\n")
+    r = subprocess.run(["dit4dit-robot", "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "robot.domian" in r.stderr and "unknown key" in r.stderr
+    cfg = tmp_path / "noserver.yaml"
+    cfg.write_text(f"server: {{address: 'tcp://127.0.0.1:{free_port()}', connect_timeout_s: 1.0}}\n"
+                   "cameras: {}\n")  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "dit4dit.runtime.controller", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 1
+    assert "no policy server" in r.stderr and "dit4dit-serve" in r.stderr
