@@ -126,6 +126,16 @@ def _compiled_engine(backend: str, model: DiT4DiT, device: torch.device, folder:
     from dit4dit.policy.backends import OnnxRuntimeEngine, TensorRTEngine, _build_plan, tensorrt_available
     from dit4dit.policy.export import FEATURE_INPUTS, SAMPLER_INPUTS, graph_shapes
 
+    # Fail before the (slow) export when the backend cannot run here.
+    if backend == "onnxruntime" and device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise RuntimeError("no CUDAExecutionProvider in this onnxruntime (pip install onnxruntime-gpu)")
+    if backend == "tensorrt":
+        ok, why = tensorrt_available()
+        if not ok:
+            raise RuntimeError(why)
     if not (folder / "sampler.onnx").is_file():
         cpu_copy = DiT4DiT(model.cfg)
         cpu_copy.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, strict=False)
@@ -165,6 +175,8 @@ def bench_preset(preset: str, backends: list[str], device: torch.device, repeats
                 feats = engine.features(inputs["frames"], inputs["text_tokens"])
             else:
                 feats = paper_features
+            zeros_prefix = np.zeros_like(inputs["prefix"])
+            engine.sample(feats, inputs["state"], inputs["noise"], zeros_prefix, np.zeros_like(inputs["prefix_weight"]))
             row["setup_s"] = time.perf_counter() - t0  # construction + first call (compile, export, build)
             if features_only:
                 row["features_ms"], row["features_p90"], feats = timed(

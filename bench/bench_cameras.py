@@ -16,7 +16,6 @@ import threading
 import time
 
 import numpy as np
-
 from dit4dit.drivers.cameras import ImageStreamPublisher, ZmqCamera, ZmqCameraConfig
 from dit4dit.drivers.cameras.zmq_stream import decode_frame, encode_frame
 

@@ -2,11 +2,12 @@
 
     python bench/bench_policy.py                          # tiny + small latency, paper params, small train step
     python bench/bench_policy.py --presets tiny --repeats 50 --threads 1 --train-presets ""
+    python bench/bench_policy.py --device cuda --dtype bfloat16 --presets tiny,small,paper   # on a GPU
 
 Latency is the torch engine at batch 1: the video feature pass (FeatureNet: frame tokenizer + text encoder +
 one video-DiT pass to the extraction layer) and action denoising (ActionSampler: all Euler steps), separately,
-median over --repeats runs after warm-up. The paper preset is counted on the meta device (no memory): its fp32
-weights alone are ~12 GB, beyond what a latency run on a shared 2-core CPU says anything useful about.
+median over --repeats runs after warm-up. On a CPU the paper preset is only counted, on the meta device (no
+memory): its fp32 weights alone are ~12 GB; with --device cuda it is timed too (e.g. --dtype bfloat16).
 Training step: one dual flow-matching step (forward, backward, AdamW) on latents at --train-batch.
 """
 
@@ -32,32 +33,41 @@ def fmt_params(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def timed(fn, repeats: int, warmup: int = 3) -> float:
+def timed(fn, repeats: int, device: torch.device, warmup: int = 3) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def inputs(cfg, B: int):
-    frames = torch.rand(B, cfg.context_frames, 3, cfg.image_size, cfg.image_size) * 2 - 1
-    tokens = torch.zeros(B, cfg.max_text_len, dtype=torch.long)
-    tokens[:, :4] = torch.tensor([1, 5, 6, 7]) % cfg.vocab_size
+def inputs(cfg, B: int, device: torch.device, dtype: torch.dtype):
+    frames = torch.rand(B, cfg.context_frames, 3, cfg.image_size, cfg.image_size, device=device, dtype=dtype) * 2 - 1
+    tokens = torch.zeros(B, cfg.max_text_len, dtype=torch.long, device=device)
+    tokens[:, :4] = torch.tensor([1, 5, 6, 7], device=device) % cfg.vocab_size
     H, A = cfg.chunk_length, cfg.action_dim
-    rest = (torch.zeros(B, cfg.state_dim), torch.randn(B, H, A), torch.zeros(B, H, A), torch.zeros(B, H))
+    rest = tuple(torch.zeros(shape, device=device, dtype=dtype) if i != 1 else torch.randn(shape, device=device, dtype=dtype)
+                 for i, shape in enumerate([(B, cfg.state_dim), (B, H, A), (B, H, A), (B, H)]))
     return frames, tokens, rest
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", default="tiny,small", help="presets to time (paper is always counted, never timed)")
+    p.add_argument("--presets", default="tiny,small", help="presets to time (paper: params only on a CPU)")
     p.add_argument("--conditioning", default="video", choices=["video", "image_features"])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the paper preset is timed too)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="inference dtype (bfloat16: GPU)")
     p.add_argument("--train-presets", default="small", help="presets whose training step is timed ('' for none)")
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-steps", type=int, default=10)
@@ -65,42 +75,48 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
-    table = Table(title=f"DiT4DiT presets on CPU ({torch.get_num_threads()} threads, batch 1, "
-                        f"conditioning={args.conditioning}, torch {torch.__version__})")
+    table = Table(title=f"DiT4DiT presets ({where}, batch 1, {args.dtype}, conditioning={args.conditioning}, "
+                        f"torch {torch.__version__})")
     for col in ("preset", "total params", "video DiT", "action DiT", "condition tokens", "features ms",
-                "sample ms (Euler steps)", "infer ms", "train step s (batch)"):
+                "sample ms (Euler steps)", "infer ms", "train step s (batch, fp32)"):
         table.add_column(col, justify="right")
 
     presets = [s for s in args.presets.split(",") if s]
+    if "paper" not in presets:
+        presets.append("paper")
     train_presets = {s for s in args.train_presets.split(",") if s}
-    for name in [*presets, "paper"]:
+    for name in presets:
         cfg = preset_config(name, conditioning=args.conditioning)
-        if name == "paper":
+        if name == "paper" and device.type == "cpu":
             with torch.device("meta"):
                 model = DiT4DiT(cfg)
             table.add_row(name, fmt_params(count(model)), fmt_params(count(getattr(model, "video", None))),
                           fmt_params(count(model.action)), str(cfg.condition_tokens), "not run", "not run",
                           "not run (meta device)", "not run")
             continue
-        model = DiT4DiT(cfg).eval()
+        with torch.device(device):
+            model = DiT4DiT(cfg)
+        model = model.to(dtype).eval()
         feature_net, sampler = FeatureNet(model), ActionSampler(model)
-        frames, tokens, rest = inputs(cfg, 1)
+        frames, tokens, rest = inputs(cfg, 1, device, dtype)
         with torch.inference_mode():
             features = feature_net(frames, tokens)
-            t_feat = timed(lambda: feature_net(frames, tokens), args.repeats)
-            t_samp = timed(lambda: sampler(features, *rest), args.repeats)
+            t_feat = timed(lambda: feature_net(frames, tokens), args.repeats, device)
+            t_samp = timed(lambda: sampler(features, *rest), args.repeats, device)
         train_cell = "-"
         if name in train_presets:
-            model.train()
+            model = model.float().train()
             B, C, h = args.train_batch, cfg.latent_channels, cfg.latent_size
-            batch = {"context": torch.randn(B, cfg.context_frames, C, h, h),
-                     "future": torch.randn(B, cfg.future_frames, C, h, h),
-                     "text": tokens.expand(B, -1).clone(), "state": torch.randn(B, cfg.state_dim),
-                     "actions": torch.randn(B, cfg.chunk_length, cfg.action_dim)}
+            batch = {"context": torch.randn(B, cfg.context_frames, C, h, h, device=device),
+                     "future": torch.randn(B, cfg.future_frames, C, h, h, device=device),
+                     "text": tokens.expand(B, -1).clone(), "state": torch.randn(B, cfg.state_dim, device=device),
+                     "actions": torch.randn(B, cfg.chunk_length, cfg.action_dim, device=device)}
             params = [p for n, p in model.named_parameters() if not n.startswith("tokenizer.")]
             opt = torch.optim.AdamW(params, lr=1e-4)
-            g = torch.Generator().manual_seed(0)
+            g = torch.Generator(device=device).manual_seed(0)
 
             def step() -> None:
                 loss = dual_flow_matching_loss(model, batch, g)["loss"]
@@ -108,11 +124,14 @@ def main() -> None:
                 loss.backward()
                 opt.step()
 
-            t_train = timed(step, args.train_steps, warmup=2)
+            t_train = timed(step, args.train_steps, device, warmup=2)
             train_cell = f"{t_train:.3f} ({B}) = {1 / t_train:.2f} steps/s"
         table.add_row(name, fmt_params(count(model)), fmt_params(count(getattr(model, "video", None))),
                       fmt_params(count(model.action)), str(cfg.condition_tokens), f"{t_feat * 1e3:.1f}",
                       f"{t_samp * 1e3:.1f} ({cfg.num_euler_steps})", f"{(t_feat + t_samp) * 1e3:.1f}", train_cell)
+        del model, feature_net, sampler
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     Console(width=200).print(table)
 
 

@@ -21,7 +21,6 @@ import sys
 import time
 
 import numpy as np
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.g1_robot import G1Robot, G1RobotConfig
 

@@ -21,12 +21,11 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
-
-from dit4dit.drivers import g1_spec  # noqa: E402
-from dit4dit.drivers.cameras.zmq_stream import encode_frame  # noqa: E402
-from dit4dit.drivers.sim import g1_model  # noqa: E402
-from dit4dit.drivers.sim.scene import G1Sim, SceneConfig  # noqa: E402
+import numpy as np
+from dit4dit.drivers import g1_spec
+from dit4dit.drivers.cameras.zmq_stream import encode_frame
+from dit4dit.drivers.sim import g1_model
+from dit4dit.drivers.sim.scene import G1Sim, SceneConfig
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -92,10 +91,9 @@ def _free_port() -> int:
 
 def bench_dds(seconds: float, domain: int, camera: str | None) -> None:
     """dit4dit-sim in its own process; this process subscribes rt/lowstate with the SDK and times arrivals."""
+    from dit4dit.drivers.sim.bridge import control_request
     from unitree_sdk2py.core.channel import ChannelFactoryInitialize, ChannelSubscriber
     from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
-
-    from dit4dit.drivers.sim.bridge import control_request
 
     ctrl = _free_port()
     cmd = [sys.executable, "-m", "dit4dit.drivers.sim.cli", "--domain", str(domain), "--control-port", str(ctrl),

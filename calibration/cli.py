@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from dit4dit.calibration.calibration_file import (
     CalibrationFile,
     CalibrationFileError,
@@ -158,8 +157,8 @@ def _connect(cfg: Any, args: argparse.Namespace, need_robot: bool, need_camera: 
     from dit4dit.runtime.safety import SafetyLimits
 
     cs = _camera_section(cfg, args.camera)
-    fields: dict[str, Any] = dict(name=args.camera, width=cs.width, height=cs.height, fps=cs.fps,
-                                  max_age_s=max(cs.max_age_s, 1.0))
+    fields: dict[str, Any] = {"name": args.camera, "width": cs.width, "height": cs.height, "fps": cs.fps,
+                                  "max_age_s": max(cs.max_age_s, 1.0)}
     if cs.kind in ("zmq", "sim"):
         fields["endpoint"] = cs.endpoint
     elif cs.kind == "opencv":
@@ -247,7 +246,11 @@ def _sim_board_images(camera: Any, control: str, n: int, seed: int) -> list[np.n
     from dit4dit.calibration.geometry import inv_T, matrix_to_quat
     from dit4dit.calibration.targets import INTRINSICS_BOARD
     from dit4dit.drivers.sim.bridge import control_request
-    from dit4dit.drivers.sim.calibration_props import BOARD_BODY, board_views, target_in_body
+    from dit4dit.drivers.sim.calibration_props import (
+        BOARD_BODY,
+        board_views,
+        target_in_body,
+    )
 
     info = control_request(control, "camera_info", camera=camera.name)
     T_world_cam = np.asarray(info["T_world_cam"])
@@ -291,7 +294,11 @@ def _live_board_images(camera: Any, n: int, timeout_s: float) -> list[np.ndarray
 
 def do_intrinsics(rig: Rig, args: argparse.Namespace) -> tuple[Intrinsics, str | None]:
     """Intrinsics and the camera serial they belong to."""
-    from dit4dit.calibration.intrinsics import IntrinsicsError, calibrate_charuco, read_realsense_intrinsics
+    from dit4dit.calibration.intrinsics import (
+        IntrinsicsError,
+        calibrate_charuco,
+        read_realsense_intrinsics,
+    )
     from dit4dit.calibration.targets import INTRINSICS_BOARD
 
     cs = rig.cfg.cameras[rig.camera_name]
@@ -334,7 +341,12 @@ def _need_intrinsics(calib: CalibrationFile, rig: Rig) -> Intrinsics:
 
 def run(args: argparse.Namespace) -> CalibrationFile:
     from dit4dit.calibration.fk import TorsoFK
-    from dit4dit.calibration.handeye import HandEyeError, HandEyePlanner, PlanSettings, run_handeye
+    from dit4dit.calibration.handeye import (
+        HandEyeError,
+        HandEyePlanner,
+        PlanSettings,
+        run_handeye,
+    )
     from dit4dit.calibration.joint_check import JointCheckSettings, run_joint_check
     from dit4dit.calibration.session import SessionError
     from dit4dit.calibration.targets import WRIST_PLATE
@@ -348,7 +360,7 @@ def run(args: argparse.Namespace) -> CalibrationFile:
     factory = cs.kind == "realsense" and not args.charuco and args.images is None
     need_camera = need_robot or (args.images is None and not factory)
     joints = (args.joints.split(",") if args.joints else list(cfg.robot.controlled_joints))
-    for j in joints:
+    for j in [*joints, args.timing_joint]:
         try:
             g1_spec.joint_index(j.strip())
         except KeyError as e:

@@ -1,9 +1,10 @@
-"""Forward kinematics in the torso frame on the project's own G1 model.
+"""Forward kinematics and gravity torques in the torso frame on the project's own G1 model.
 
-MuJoCo's ``mj_kinematics`` on the model file the simulator loads (``drivers/sim/assets/g1_29dof.xml``), so
-hand-eye calibration uses the very kinematic tree (link origins and axes from Unitree's URDF) that the
-simulator and the controller use. Only the torso-relative chain matters: the head camera and the arms both
-hang off ``torso_link``, so the floating base and the legs drop out.
+Poses come from ``drivers.kinematics.G1Kinematics`` (the project's FK on the model file the simulator loads,
+``drivers/sim/assets/g1_29dof.xml``), so hand-eye calibration uses the very kinematic tree the simulator, the
+scripted expert and the controller use. Only the torso-relative chain matters: the head camera and the arms
+both hang off ``torso_link``, so the floating base and the legs drop out. Gravity torques (for the joint
+check's expected sag) come from MuJoCo's bias forces on the same model.
 """
 
 from __future__ import annotations
@@ -12,50 +13,36 @@ import os
 import threading
 
 import numpy as np
-
-from dit4dit.calibration.geometry import inv_T, make_T
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.sim import g1_model
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import mujoco  # noqa: E402
+import mujoco
 
 TORSO = g1_model.TORSO_BODY
 
 
 class TorsoFK:
-    """Pose of any body of the G1 model in ``torso_link``, from the 29 joint positions (SDK order)."""
+    """Poses of G1 bodies in ``torso_link`` and gravity torques, from the 29 joint positions (SDK order)."""
 
     def __init__(self, model_path: str | None = None) -> None:
+        from dit4dit.drivers.kinematics import G1Kinematics
+
+        self.kinematics = G1Kinematics(model_path, base=TORSO)
         self.model = mujoco.MjModel.from_xml_path(str(model_path or g1_model.MODEL_PATH))
         self.data = mujoco.MjData(self.model)
         jid = [self.model.joint(n).id for n in g1_spec.JOINT_NAMES]
         self._qadr = self.model.jnt_qposadr[jid]
         self._dadr = self.model.jnt_dofadr[jid]
-        self._torso = self.model.body(TORSO).id
         self._lock = threading.Lock()
 
-    def body_id(self, name: str) -> int:
-        bid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, name)
-        if bid < 0:
-            raise KeyError(f"body {name!r} is not in the G1 model {g1_model.MODEL_PATH.name}")
-        return bid
-
     def poses(self, q: np.ndarray, bodies: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
-        """4x4 poses in the torso frame of the named bodies."""
+        """4x4 poses in the torso frame of the named bodies (or sites)."""
         q = np.asarray(q, dtype=np.float64)
         if q.shape != (g1_spec.NUM_JOINTS,) or not np.all(np.isfinite(q)):
             raise ValueError(f"FK needs a finite ({g1_spec.NUM_JOINTS},) joint vector, got shape {q.shape}")
-        ids = {b: self.body_id(b) for b in bodies}
-        with self._lock:
-            d = self.data
-            d.qpos[:] = self.model.qpos0
-            d.qpos[self._qadr] = q
-            mujoco.mj_kinematics(self.model, d)
-            T_world_torso = make_T(d.xmat[self._torso].reshape(3, 3), d.xpos[self._torso])
-            inv_torso = inv_T(T_world_torso)
-            return {b: inv_torso @ make_T(d.xmat[i].reshape(3, 3), d.xpos[i]) for b, i in ids.items()}
+        return self.kinematics.fk(q, tuple(bodies))
 
     def pose(self, q: np.ndarray, body: str) -> np.ndarray:
         return self.poses(q, (body,))[body]

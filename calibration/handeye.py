@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
 from dit4dit.calibration.calibration_file import Extrinsics, Intrinsics
 from dit4dit.calibration.geometry import (
     T_to_rvec_tvec,
@@ -327,7 +326,7 @@ class PlanSettings:
 
     n_poses: int = 12
     seed: int = 0
-    candidates: int = 4000
+    candidates: int = 2000
     max_view_angle_deg: float = 45.0  # plate normal vs the camera ray: steeper views detect poorly
     image_margin_px: float = 25.0
     # the hand (origin and tip) stays in this box at every calibration pose
@@ -341,6 +340,9 @@ class PlanSettings:
     search_lower: tuple[float, ...] = (-1.3, -0.7, -0.6, 0.0, -1.2, -1.0, -1.0)
     search_upper: tuple[float, ...] = (0.3, 0.1, 0.9, 1.7, 1.2, 1.0, 1.0)
     perturb: tuple[float, ...] = (0.2, 0.15, 0.3, 0.2, 0.6, 0.45, 0.45)  # rad around the central pose
+    # the elbow and wrist never enter the torso/head block (torso_link frame, with a 5 cm margin)
+    body_min: tuple[float, float, float] = (-0.12, -0.15, -0.05)
+    body_max: tuple[float, float, float] = (0.12, 0.15, 0.60)
 
 
 @dataclass
@@ -387,16 +389,28 @@ class HandEyePlanner:
         lo, hi = c.min(0), c.max(0)
         self._outline = np.array([[lo[0], lo[1], 0], [hi[0], lo[1], 0], [lo[0], hi[1], 0], [hi[0], hi[1], 0]])
 
+    _ARM_POINTS = ("right_elbow_link", "right_wrist_roll_link")
+
     def _hand(self, q: np.ndarray) -> np.ndarray:
         return self.fk.pose(q, self.hand_body)  # type: ignore[attr-defined]
+
+    def _arm_clear(self, q: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The hand pose, and whether the elbow and wrist stay out of the torso/head block."""
+        poses = self.fk.poses(q, (self.hand_body, *self._ARM_POINTS))  # type: ignore[attr-defined]
+        lo, hi = np.asarray(self.s.body_min), np.asarray(self.s.body_max)
+        inside = any(np.all(poses[b][:3, 3] > lo) and np.all(poses[b][:3, 3] < hi) for b in self._ARM_POINTS)
+        return poses[self.hand_body], not inside
 
     def in_box(self, T_hand: np.ndarray) -> bool:
         pts = np.stack([T_hand[:3, 3], (T_hand @ HAND_TIP)[:3]])
         return bool(np.all(pts >= self.s.box_min) and np.all(pts <= self.s.box_max))
 
-    def path_clear(self, qa: np.ndarray, qb: np.ndarray, steps: int = 12) -> bool:
+    def path_clear(self, qa: np.ndarray, qb: np.ndarray, steps: int = 10) -> bool:
+        """The straight joint-space line keeps the hand above the keep-out and the arm off the body."""
         for a in np.linspace(0.0, 1.0, steps):
-            T = self._hand(qa + a * (qb - qa))
+            T, clear = self._arm_clear(qa + a * (qb - qa))
+            if not clear:
+                return False
             for p in (T[:3, 3], (T @ HAND_TIP)[:3]):
                 if p[0] > self.s.keepout_x_front and p[2] < self.s.keepout_z_top:
                     return False
@@ -404,8 +418,8 @@ class HandEyePlanner:
 
     def view(self, q: np.ndarray) -> PlannedPose | None:
         """The pose's view of the plate if it is fully in the image and facing the camera, else None."""
-        T_hand = self._hand(q)
-        if not self.in_box(T_hand):
+        T_hand, clear = self._arm_clear(q)
+        if not clear or not self.in_box(T_hand):
             return None
         T_cam_target = inv_T(self.T_torso_cam) @ T_hand @ self.T_hand_target
         pts = (T_cam_target[:3, :3] @ self._outline.T).T + T_cam_target[:3, 3]
@@ -470,24 +484,33 @@ class HandEyePlanner:
                     "no clear way from the start pose to the hand-eye poses (the hand would pass below the keep-out "
                     "plane in front of the robot); start from a pose with the hands raised"
                 )
-        # 3. perturbations around the centre: keep the visible ones, then a rotation-diverse subset
+        # 3. perturbations around the centre: visible ones, then a rotation-diverse subset whose way from the
+        #    centre is clear (checked only for the picks: the line check is the costly part)
         pool = [centre]
         for _ in range(s.candidates):
+            if len(pool) >= 8 * s.n_poses:
+                break
             q = centre.q.copy()
             q[arm] = np.clip(q[arm] + rng.uniform(-1, 1, len(arm)) * np.asarray(s.perturb), soft_lower[arm],
                              soft_upper[arm])
             v = self.view(q)
-            if v is not None and self.path_clear(centre.q, q):
+            if v is not None:
                 pool.append(v)
-        if len(pool) < s.n_poses:
-            raise HandEyeError(f"only {len(pool)} visible poses found around the central pose (need {s.n_poses})")
         rots = [self._hand(p.q)[:3, :3] for p in pool]
         chosen = [0]
+        alive = np.ones(len(pool), dtype=bool)
+        alive[0] = False
         dmin = np.array([rotation_distance_deg(rots[0], r) for r in rots])
-        while len(chosen) < s.n_poses:
-            k = int(np.argmax(dmin))
+        while len(chosen) < s.n_poses and alive.any():
+            k = int(np.argmax(np.where(alive, dmin, -1.0)))
+            alive[k] = False
+            if not self.path_clear(centre.q, pool[k].q):
+                continue
             chosen.append(k)
             dmin = np.minimum(dmin, [rotation_distance_deg(rots[k], r) for r in rots])
+        if len(chosen) < s.n_poses:
+            raise HandEyeError(f"only {len(chosen)} visible, reachable poses found around the central pose "
+                               f"(need {s.n_poses}); loosen PlanSettings or check the plate mount")
         poses = [pool[k] for k in chosen]
         # nearest-neighbour order keeps the moves short
         ordered = [poses.pop(0)]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
 from dit4dit.calibration.calibration_file import Intrinsics
 from dit4dit.calibration.targets import CharucoDetectorFor, CharucoTarget, Detection
 
@@ -136,12 +135,12 @@ def read_realsense_intrinsics(serial: str | None, width: int, height: int, fps: 
         dev = devices[serials.index(serial)]
     for sensor in dev.query_sensors():
         for profile in sensor.get_stream_profiles():
-            if profile.stream_type() != rs.stream.color or profile.format() != rs.format.rgb8:
-                continue
+            if profile.stream_type() != rs.stream.color:
+                continue  # intrinsics depend on the resolution, not the pixel format
             vp = profile.as_video_stream_profile()
             if vp.width() == width and vp.height() == height and int(vp.fps()) == int(fps):
                 return intrinsics_from_realsense(vp.get_intrinsics()), dev.get_info(rs.camera_info.serial_number)
-    raise IntrinsicsError(f"RealSense {serials[0] if serial is None else serial} has no rgb8 colour mode {width}x{height}@{fps}")
+    raise IntrinsicsError(f"RealSense {serials[0] if serial is None else serial} has no colour mode {width}x{height}@{fps}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

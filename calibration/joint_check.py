@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from dit4dit.calibration.calibration_file import JointCheck, JointResult
 from dit4dit.calibration.session import Session
 from dit4dit.drivers import g1_spec
@@ -63,7 +62,7 @@ def analyse_sweep(
     m = np.asarray(measured, dtype=np.float64)
     dt = float(np.median(np.diff(t)))
     best = None
-    for lag_steps in range(0, max(1, int(round(settings.max_lag_s * 1.5 / dt))) + 1):
+    for lag_steps in range(max(1, round(settings.max_lag_s * 1.5 / dt)) + 1):
         cs = c[: c.size - lag_steps] if lag_steps else c
         ms = m[lag_steps:]
         A = np.stack([cs, np.ones_like(cs)], axis=1)
@@ -129,7 +128,7 @@ def run_joint_check(
         kp = float(session.kp[i])
         sag = -float(fk.gravity_torque(q0)[i]) / kp if kp > 0 else 0.0  # type: ignore[attr-defined]
         ts, cs, ms = [], [], []
-        n = int(round(s.period_s / session.control_dt))
+        n = round(s.period_s / session.control_dt)
         t0 = session.now()
         culprit: int | None = None
         for k in range(n + 1):

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from dit4dit.drivers import g1_spec
 from dit4dit.runtime.safety import SafeRobot, SafetyLimits
 
@@ -99,7 +98,7 @@ class Session(abc.ABC):
         self.settle(moved)
 
     def hold(self, seconds: float) -> None:
-        for _ in range(max(1, int(round(seconds / self.control_dt)))):
+        for _ in range(max(1, round(seconds / self.control_dt))):
             self.command(self.target)
             self.tick()
 
@@ -136,10 +135,10 @@ class _SimRobotAdapter:
     def __init__(self, sim: object) -> None:
         self.sim = sim
 
-    def command(self, q, kp, kd, dq=None, tau=None) -> None:  # noqa: ANN001 - RobotLike protocol
+    def command(self, q, kp, kd, dq=None, tau=None) -> None:
         self.sim.set_command(q, kp, kd, dq, tau)  # type: ignore[attr-defined]
 
-    def damp(self, kd) -> None:  # noqa: ANN001
+    def damp(self, kd) -> None:
         q = self.sim.joint_positions()  # type: ignore[attr-defined]
         self.sim.set_command(q, np.zeros(g1_spec.NUM_JOINTS), np.full(g1_spec.NUM_JOINTS, kd))  # type: ignore[attr-defined]
 
@@ -164,7 +163,7 @@ class SimSession(Session):
         self.camera = camera
         self.image_size = image_size
         self.control_dt = control_dt
-        self._steps = max(1, int(round(control_dt / g1_spec.CONTROL_DT)))
+        self._steps = max(1, round(control_dt / g1_spec.CONTROL_DT))
         self.safe = SafeRobot(_SimRobotAdapter(sim), limits)
 
     def q(self) -> np.ndarray:
@@ -206,7 +205,7 @@ class RobotSession(Session):
         self.safe = SafeRobot(robot, limits)  # type: ignore[arg-type]
         self._next = time.monotonic()
 
-    def _state(self):  # noqa: ANN202 - RobotState from drivers.g1_robot
+    def _state(self):
         st = self.robot.state()  # type: ignore[attr-defined]
         if st.age_s > self.state_timeout_s:
             self.safe.damp()

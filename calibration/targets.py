@@ -140,7 +140,7 @@ TARGETS: dict[str, CharucoTarget] = {t.name: t for t in (INTRINSICS_BOARD, WRIST
 def write_printable(target: CharucoTarget, folder: Path, dpi: int = 300) -> Path:
     """A PNG of the target with a white margin, at ``dpi``; print at 100 % and check one square's size."""
     px_per_m = dpi / 0.0254
-    px_per_square = int(round(target.square_m * px_per_m))
+    px_per_square = round(target.square_m * px_per_m)
     board = target.image(px_per_square)
     margin = px_per_square // 2
     page = np.full((board.shape[0] + 2 * margin, board.shape[1] + 2 * margin), 255, np.uint8)

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from dit4dit.calibration.calibration_file import Timing
 from dit4dit.calibration.targets import WRIST_PLATE, CharucoDetectorFor, Detection
 from dit4dit.drivers import g1_spec
@@ -36,6 +35,10 @@ class TimingError(RuntimeError):
     """The timing measurement could not be made (plate not seen, joint did not move, poor alignment)."""
 
 
+class HostOverloadedError(TimingError):
+    """The state stream is too slow or jittery for a latency figure to mean anything: retry on a quiet host."""
+
+
 @dataclass
 class TimingSettings:
     joint: str = "right_elbow_joint"  # moves the plate across the image at the hand-eye central pose
@@ -45,7 +48,9 @@ class TimingSettings:
     observe_s: float = 0.9  # after each step
     max_delay_s: float = 1.0  # search range of the alignment
     min_plate_motion_px: float = 8.0
+    min_frames: int = 5  # frames showing the plate per step (the transient must be sampled a few times)
     max_fit_rms: float = 0.15  # normalised units: worse means the two signals do not describe one motion
+    max_spread_s: float = 0.07  # steps disagreeing by more than ~2 frames: jittery stamps, refuse the figure
     min_state_rate_hz: float = 400.0  # rt/lowstate is 500 Hz; much less means a starved host and wrong stamps
 
     def __post_init__(self) -> None:
@@ -256,7 +261,7 @@ def run_timing(session: object, settings: TimingSettings | None = None) -> Timin
     state_rate = (robot.stats["states_received"] - received0) / (time.monotonic() - wall0)  # type: ignore[attr-defined]
     session.move_to(q_home, [j])  # type: ignore[attr-defined]
     if state_rate < s.min_state_rate_hz:
-        raise TimingError(
+        raise HostOverloadedError(
             f"rt/lowstate arrived at {state_rate:.0f} Hz (expected {1 / g1_spec.CONTROL_DT:.0f}); the robot PC (or the "
             "simulator host) is overloaded, so any latency measured now would be wrong. Stop other programs and retry."
         )
@@ -282,9 +287,9 @@ def run_timing(session: object, settings: TimingSettings | None = None) -> Timin
                 fs.append(v)
         motion_px = float(np.linalg.norm(
             (aft.image_points[np.isin(aft.ids, common)] - ref.image_points[np.isin(ref.ids, common)]).mean(0)))
-        if len(ft) < 8 or motion_px < s.min_plate_motion_px:
-            log.warning("timing step: %d frames with the plate, plate moved %.1f px (need 8 frames, %.0f px)", len(ft),
-                        motion_px, s.min_plate_motion_px)
+        if len(ft) < s.min_frames or motion_px < s.min_plate_motion_px:
+            log.warning("timing step: %d frames with the plate, plate moved %.1f px (need %d frames, %.0f px)", len(ft),
+                        motion_px, s.min_frames, s.min_plate_motion_px)
             continue
         m = (st_t >= tr["t_cmd"] - 0.5) & (st_t <= tr["t_end"])
         pre = (st_t >= tr["t_cmd"] - 0.3) & (st_t <= tr["t_cmd"])
@@ -316,6 +321,12 @@ def run_timing(session: object, settings: TimingSettings | None = None) -> Timin
     fit = float(np.median(fits))
     if fit > s.max_fit_rms:
         raise TimingError(f"image and state motions do not align (RMS {fit:.2f}); camera frames dropped or stalled?")
+    if np.ptp(delays) > s.max_spread_s:
+        raise TimingError(
+            f"camera delay varied by {np.ptp(delays) * 1e3:.0f} ms between steps ({np.round(np.array(delays) * 1e3).tolist()}"
+            f" ms; allowed {s.max_spread_s * 1e3:.0f} ms): frame or state stamps are jittery (an overloaded PC, a USB "
+            "camera dropping frames); fix that and retry"
+        )
     stamps = np.array([t for t, _ in all_frames])
     frame_period = float(np.median(np.diff(stamps))) if stamps.size > 2 else 0.0
     delay = float(np.median(delays))

@@ -35,6 +35,8 @@ the arms back to Unitree's controller (issue 5: "the weight ramps to 0 instead")
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import threading
 import time
@@ -173,7 +175,7 @@ def init_dds(domain: int, interface: str) -> None:
 class _Target:
     """One immutable command snapshot (replaced whole, so the publisher never sees a half update)."""
 
-    __slots__ = ("q", "dq", "tau", "kp", "kd", "damping")
+    __slots__ = ("damping", "dq", "kd", "kp", "q", "tau")
 
     def __init__(self, q: np.ndarray, dq: np.ndarray, tau: np.ndarray, kp: np.ndarray, kd: np.ndarray, damping: bool):
         self.q, self.dq, self.tau, self.kp, self.kd, self.damping = q, dq, tau, kp, kd, damping
@@ -198,6 +200,7 @@ class G1Robot:
         self._cmd_pub: Any = None
         self._hand_pubs: dict[str, Any] = {}
         self._hand_subs: dict[str, Any] = {}
+        self._writer_check_sub: Any = None  # kept until disconnect (see _close_channels)
         self.hands: dict[str, Dex3Hand] = {s: Dex3Hand(s) for s in SIDES} if self.config.hands else {}
         self._connected = False
         # counters (read through .stats)
@@ -257,6 +260,9 @@ class G1Robot:
         self._thread = threading.Thread(target=self._publish_loop, name="g1-lowcmd", daemon=True)
         self._thread.start()
         self._connected = True
+        # A program that exits without disconnect() (an exception in the controller) still leaves the
+        # robot damped / the weight ramped out, and its publisher thread never races interpreter teardown.
+        atexit.register(self._disconnect_at_exit)
         log.info(
             "G1 connected: domain %d on %s, mode %s, mode_machine %d, publishing %s at %.0f Hz%s",
             cfg.domain, cfg.interface, cfg.mode, self._mode_machine, cfg.command_topic, cfg.rate_hz,
@@ -288,6 +294,15 @@ class G1Robot:
                 self._thread = None
             self._close_channels()
             self._connected = False
+            atexit.unregister(self._disconnect_at_exit)
+
+    def _disconnect_at_exit(self) -> None:
+        if self._connected:
+            log.warning("G1Robot still connected at interpreter exit: damping and disconnecting")
+            try:
+                self.disconnect()
+            except Exception:
+                log.exception("disconnect at exit failed")
 
     def __enter__(self) -> G1Robot:
         return self
@@ -497,7 +512,7 @@ class G1Robot:
             got = self._raw is not None
         if not got:
             hint = (
-                "is dit4dit-sim running on this domain? (`dit4dit-sim --domain %d`)" % cfg.domain
+                f"is dit4dit-sim running on this domain? (`dit4dit-sim --domain {cfg.domain}`)"
                 if cfg.is_simulation
                 else "is the robot on, the cable in, and this PC on 192.168.123.0/24?"
             )
@@ -565,13 +580,16 @@ class G1Robot:
             if listening[0]:
                 seen[0] += 1
 
+        # The reader is muted after the check but not closed here: closing drops DDS entities into
+        # reference cycles that Python's GC may then finalise on a DDS listener thread, which deadlocks
+        # CycloneDDS. All channels are closed together in _close_channels, followed by gc.collect().
         sub = subscriber_cls(topic, msg_type)
         sub.Init(count, 0)
+        self._writer_check_sub = sub
         try:
             time.sleep(self.config.writer_check_s)
         finally:
             listening[0] = False
-            sub.Close()
         if seen[0]:
             raise RobotBusyError(
                 f"another process is already publishing on {topic} ({seen[0]} messages in {self.config.writer_check_s:.1f} s "
@@ -579,15 +597,21 @@ class G1Robot:
             )
 
     def _close_channels(self) -> None:
-        for ch in [self._cmd_pub, self._state_sub, *self._hand_pubs.values(), *self._hand_subs.values()]:
+        channels = [self._cmd_pub, self._state_sub, self._writer_check_sub, *self._hand_pubs.values(),
+                    *self._hand_subs.values()]  # fmt: skip
+        self._cmd_pub = self._state_sub = self._writer_check_sub = None
+        self._hand_pubs.clear()
+        self._hand_subs.clear()
+        for ch in channels:
             if ch is not None:
                 try:
                     ch.Close()
                 except Exception as e:  # noqa: BLE001 - closing must not mask the original error
                     log.debug("closing channel: %s", e)
-        self._cmd_pub = self._state_sub = None
-        self._hand_pubs.clear()
-        self._hand_subs.clear()
+        del channels
+        # Finalise the closed DDS entities here, on the caller's thread. Left to the cyclic GC they can
+        # be deleted on a CycloneDDS receive thread inside a listener callback, which deadlocks.
+        gc.collect()
 
     def _publish_loop(self) -> None:
         from unitree_sdk2py.idl.default import unitree_hg_msg_dds__HandCmd_, unitree_hg_msg_dds__LowCmd_
@@ -634,7 +658,7 @@ class G1Robot:
                     for side, hand in self.hands.items():
                         hand.fill(hand_msgs[side])
                         self._hand_pubs[side].Write(hand_msgs[side])
-            except Exception as e:  # noqa: BLE001 - keep the owner informed, then stop (watchdogs see it)
+            except Exception as e:
                 self._last_publish_error = repr(e)
                 log.exception("command publisher failed; stopping it")
                 return

@@ -58,7 +58,7 @@ LOWSTATE_DTYPE = np.dtype(
         "formats": [
             ("<u4", (2,)), "u1", "u1", "<u4", IMU_DTYPE,
             (MOTOR_STATE_DTYPE, (g1_spec.NUM_MOTOR_SLOTS,)), ("u1", (40,)), ("<u4", (4,)), "<u4",
-        ],  # fmt: skip
+        ],
         "offsets": [0, 8, 9, 12, 16, 72, 2032, 2072, 2088],
         "itemsize": 2092,
     }

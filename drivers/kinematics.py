@@ -22,7 +22,7 @@ import numpy as np
 from . import g1_spec
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-import mujoco  # noqa: E402
+import mujoco
 
 # Names in the project's model (drivers/sim/g1_model.py HAND_SITES).
 HAND_FRAMES = {"left_hand": "left_arm", "right_hand": "right_arm"}

@@ -23,6 +23,7 @@ Remote loss follows Unitree's ``dds_wrapper``: all 40 bytes zero for a while (3 
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Iterable
@@ -143,7 +144,7 @@ class Remote:
         """(lx, ly, rx, ry), each clamped to [-1, 1], with |v| < deadzone set to 0."""
 
         def clean(v: float) -> float:
-            v = max(-1.0, min(1.0, v)) if v == v else 0.0  # NaN from a corrupt frame -> 0
+            v = 0.0 if math.isnan(v) else max(-1.0, min(1.0, v))  # NaN from a corrupt frame -> 0
             return 0.0 if abs(v) < deadzone else v
 
         return clean(self.lx), clean(self.ly), clean(self.rx), clean(self.ry)

@@ -338,7 +338,7 @@ class TerminalKeyReader:
                 for fn in self._listeners:
                     try:
                         fn(ch)
-                    except Exception:  # noqa: BLE001 - one bad listener must not kill the reader
+                    except Exception:
                         log.exception("key listener failed")
 
     def stop(self) -> None:
@@ -387,7 +387,7 @@ def decode_teleop(raw: bytes) -> dict[str, Any]:
     """Parse and validate one teleop message; ValueError naming the bad field."""
     try:
         msg = msgpack.unpackb(raw, raw=False)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ValueError(f"teleop message is not msgpack: {e}") from e
     if not isinstance(msg, dict) or msg.get("v") != TELEOP_FORMAT_VERSION:
         raise ValueError(f"teleop message version {msg.get('v') if isinstance(msg, dict) else None!r}, want {TELEOP_FORMAT_VERSION}")

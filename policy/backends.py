@@ -134,9 +134,16 @@ def _build_plan(onnx_path: Path, plan_path: Path, precision: str, max_batch: int
             raise BackendError(f"fp8 needs compute capability >= 8.9 (Ada/Hopper); {torch.cuda.get_device_name()} "
                                f"is {major}.{minor}; use --precision fp16 or bf16")
         config.set_flag(trt.BuilderFlag.FP8)  # TensorRT uses FP8 where the graph has Q/DQ nodes
-    # Layer norms and softmax over wide rows drift in half precision; keep the graph's float32 where TensorRT
-    # honours it, so the parity gate holds.
-    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    if precision in ("fp16", "bf16", "fp8"):
+        # Layer norms over wide rows overflow or drift in half precision (TensorRT warns about exactly this);
+        # pin them to float32 so the parity gate holds, and let everything else run in the lower precision.
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.type == trt.LayerType.NORMALIZATION:
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     profile = builder.create_optimization_profile()
     for name in input_names:
         rest = tuple(shapes[name])

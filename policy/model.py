@@ -552,7 +552,8 @@ class DiT4DiT(nn.Module):
         # deterministic, input-only function that exports as a constant.
         g = torch.Generator().manual_seed(0)
         shape = (cfg.future_frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
-        self.register_buffer("extraction_noise", torch.randn(shape, generator=g) if not _on_meta() else torch.empty(shape))
+        noise = torch.empty(shape) if _on_meta() else torch.randn(shape, generator=g, device="cpu")  # same draw on any device
+        self.register_buffer("extraction_noise", noise.to(torch.empty(0).device))
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, T, 3, H, W) in [-1, 1] -> standardised latents (B, T, C, h, w)."""

@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="end this invocation after N more steps (state saved; continue with --resume): for time-sliced jobs")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast the DiT forward passes (GPUs; weights, optimiser and EMA stay fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -191,7 +193,8 @@ def frames_tensor(frames_uint8: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def encode_all(model: DiT4DiT, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
     model.tokenizer.eval()
-    return torch.cat([model.tokenizer.encode(frames_tensor(frames[i : i + batch]))
+    device = model.extraction_noise.device
+    return torch.cat([model.tokenizer.encode(frames_tensor(frames[i : i + batch]).to(device))
                       for i in range(0, len(frames), batch)])  # (N, C, h, w)
 
 
@@ -240,9 +243,10 @@ def train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     model = DiT4DiT(cfg).to(device)
-    if cfg.text_encoder_path:
+    if cfg.text_encoder_path:  # a pretrained text encoder stays frozen, as the paper's
         blob = load_component(model.text, "text_encoder", cfg.text_encoder_path)
         vocab = Vocabulary(blob["vocab"], cfg.max_text_len)
+        model.text.requires_grad_(False)
     else:
         vocab = Vocabulary.build(data.instructions, cfg.max_text_len, cfg.vocab_size)
     pretrained_tokenizer = bool(cfg.tokenizer_path)
@@ -367,7 +371,8 @@ def train(args: argparse.Namespace) -> int:
                 g["lr"] = g["base_lr"] * factor
             idx = sample_rng(step).integers(0, data.num_frames, size=args.batch_size)
             batch = make_batch(data, latents, text_t, state_t, action_t, cfg, idx)
-            losses = train_step(batch, step_generator(args.seed, rank, step, device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                losses = train_step(batch, step_generator(args.seed, rank, step, device))
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)

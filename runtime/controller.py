@@ -136,6 +136,9 @@ class Controller:
         self.exit_code = ExitCode.OK
         self.counters = Counters()
         self.loop = LoopStats(tick_starts=[] if record_timing else None, tick_work_s=[] if record_timing else None)
+        # with record_timing (bench/bench_control_loop.py): (tick time, requested target) and accepted chunks
+        self.trace_targets: list[tuple[float, np.ndarray]] | None = [] if record_timing else None
+        self.trace_chunks: list[tuple[float, float, str]] | None = [] if record_timing else None
         self._t0 = time.monotonic()
         self._signal: int | None = None
         self._stop_loop = threading.Event()
@@ -346,6 +349,8 @@ class Controller:
         target = handler(now, st, ops)
         if target is not None and not self.safe.damped:
             self._track_speed(target, now)
+            if self.trace_targets is not None:
+                self.trace_targets.append((now, target[self.action_idx].copy()))
             self._commanded = target
             # the write time, not the tick's start: the step allowed is scaled by the time since the last write
             self.safe.command(target, self.kp, self.kd, now=time.monotonic())
@@ -357,7 +362,9 @@ class Controller:
         u = smoothstep((now - self._state_since) / self.cfg.safety.ramp_in_s)
         target = self._ramp_from + u * (self.start_pose - self._ramp_from)
         last = self.safe.last
-        if u >= 1.0 and last is not None and np.max(np.abs(last.q - self.start_pose)) < 1e-4:
+        # arm_sdk: the driver ramps the blend weight up meanwhile; READY only once our command fully counts
+        weight_ok = self.cfg.robot.mode != "arm_sdk" or getattr(self.robot, "arm_sdk_weight", 1.0) >= 1.0
+        if u >= 1.0 and weight_ok and last is not None and np.max(np.abs(last.q - self.start_pose)) < 1e-4:
             self._transition(State.READY, "start pose reached", now)
         return target
 
@@ -524,6 +531,8 @@ class Controller:
             log.warning("chunk rejected: %s", e)
             return False
         self.counters.chunks_accepted += 1
+        if self.trace_chunks is not None:
+            self.trace_chunks.append((max(now, out.t_arrival), out.request.t_obs, self.scheduler.blend))
         self._last_good = now
         log.debug("chunk accepted: delay %.0f ms, %d stale rows dropped", acc.delay_s * 1e3, acc.dropped)
         return True

@@ -3,7 +3,7 @@
     python tests/lowcmd_recorder.py --domain D --out cmds.npz
 
 Runs until SIGTERM/SIGINT, then writes t (the publisher's DDS source timestamp, s), q, dq, tau, kp, kd
-(N, 29) and mode (N, 29). Uses a CycloneDDS reader with a deep history on the SDK's participant, so a
+(N, 29), mode (N, 29) and the arm_sdk weight slot (N,). Uses a CycloneDDS reader with a deep history on the SDK's participant, so a
 starved recorder loses nothing and the times are when the driver wrote each message, not when this
 process got around to reading it. Prints "recording" once subscribed.
 """
@@ -50,7 +50,7 @@ def main() -> int:
                 mc = msg.motor_cmd[:N]
                 t = msg.sample_info.source_timestamp * 1e-9
                 rows.append((t, [m.q for m in mc], [m.dq for m in mc], [m.tau for m in mc], [m.kp for m in mc],
-                             [m.kd for m in mc], [m.mode for m in mc]))  # fmt: skip
+                             [m.kd for m in mc], [m.mode for m in mc], msg.motor_cmd[g1_spec.ARM_SDK_WEIGHT_SLOT].q))  # fmt: skip
             time.sleep(0.01)
 
     thread = threading.Thread(target=read_loop, daemon=True)
@@ -65,11 +65,11 @@ def main() -> int:
     thread.join(2.0)
     data = sorted(rows, key=lambda r: r[0])
     if data:
-        t, q, dq, tau, kp, kd, mode = (np.array(c) for c in zip(*data))
+        t, q, dq, tau, kp, kd, mode, weight = (np.array(c) for c in zip(*data))
     else:
-        t = np.zeros(0)
+        t = weight = np.zeros(0)
         q = dq = tau = kp = kd = mode = np.zeros((0, N))
-    np.savez(args.out, t=t, q=q, dq=dq, tau=tau, kp=kp, kd=kd, mode=mode)
+    np.savez(args.out, t=t, q=q, dq=dq, tau=tau, kp=kp, kd=kd, mode=mode, weight=weight)
     print(f"saved {len(t)} commands", flush=True)
     return 0
 

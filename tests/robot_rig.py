@@ -86,7 +86,7 @@ class Proc:
 class Rig:
     """dit4dit-sim + a LowCmd recorder on a private DDS domain; starts servers and the robot on request."""
 
-    def __init__(self, tmp: Path, domain: int) -> None:
+    def __init__(self, tmp: Path, domain: int, topic: str = g1_spec.TOPIC_LOWCMD) -> None:
         self.tmp = tmp
         self.domain = domain
         self.cam_port = free_port()
@@ -101,7 +101,8 @@ class Rig:
                     "--camera-port", str(self.cam_port), "--control-port", str(self.control_port)],
         )  # fmt: skip
         self.recorder = self.start(
-            "lowcmd", [sys.executable, str(TESTS / "lowcmd_recorder.py"), "--domain", str(domain), "--out", str(self.cmds_path)]
+            "lowcmd", [sys.executable, str(TESTS / "lowcmd_recorder.py"), "--domain", str(domain), "--out", str(self.cmds_path),
+             "--topic", topic]
         )
         self.sim.wait_for("dit4dit-sim ready", 60)
         self.recorder.wait_for("recording", 30)
@@ -204,37 +205,46 @@ def transition_time(summary: dict[str, Any], src: str, dst: str, nth: int = 0) -
     return hits[nth]
 
 
-def assert_commands_within_limits(cmds: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, float]:
+def assert_commands_within_limits(cmds: dict[str, np.ndarray], cfg: dict[str, Any],
+                                  joints: tuple[int, ...] | None = None) -> dict[str, float]:
     """Every LowCmd published: finite, inside the hard range; once the robot has reached the soft box, inside it;
     gains bounded; and the target's speed bounded in time: between two messages written dt_p apart (DDS source
-    timestamps), the target moved at most max_delta * (dt_p / dt + SLACK_TICKS), also over 50-message windows.
+    timestamps; dt_p spans the previous interval too, see below), the target moved at most
+    max_delta * (dt_p / dt + SLACK_TICKS), also over 50-message windows.
     The safety layer limits each control tick to max_delta scaled by the time since its previous write (capped
     at one tick); the driver's own 500 Hz thread publishes the newest target, so on a loaded machine (threads
     preempted between computing and writing) a message can carry a little more than its own period's worth."""
     c = parse_config(cfg)
     lim = SafetyLimits.from_config(c.safety, 1.0 / c.rates.control_hz)
-    t, q, kp, kd = cmds["t"], cmds["q"], cmds["kp"], cmds["kd"]
+    j = np.arange(g1_spec.NUM_JOINTS) if joints is None else np.array(joints)  # arm_sdk: only arms + waist are sent
+    t, q, kp, kd = cmds["t"], cmds["q"][:, j], cmds["kp"][:, j], cmds["kd"][:, j]
+    lower, upper, max_delta = lim.lower[j], lim.upper[j], lim.max_delta[j]
+    hard_lo, hard_hi = g1_spec.LOWER[j], g1_spec.UPPER[j]
     assert len(q) > 100, f"only {len(q)} LowCmd messages recorded"
     assert np.all(np.isfinite(q)) and np.all(np.isfinite(kp)) and np.all(np.isfinite(kd))
     tol = 1e-5  # float32 on the wire
     active = kp.max(axis=1) > 0  # damping messages (kp = 0) carry the measured q, which no motor tracks
-    assert np.all(q[active] >= g1_spec.LOWER - tol) and np.all(q[active] <= g1_spec.UPPER + tol), (
+    assert np.all(q[active] >= hard_lo - tol) and np.all(q[active] <= hard_hi + tol), (
         "a command left the hard joint range"
     )
     assert np.all(kp[~active] == 0) and np.all(kd[~active] > 0), "a message with kp = 0 that is not damping"
     assert np.all((kp >= 0) & (kp <= lim.max_kp + tol)), f"kp out of bounds: max {kp.max()}"
     assert np.all((kd >= 0) & (kd <= lim.max_kd + tol)), f"kd out of bounds: max {kd.max()}"
     qa = q[active]
-    inside = np.all((qa >= lim.lower - tol) & (qa <= lim.upper + tol), axis=1)
+    inside = np.all((qa >= lower - tol) & (qa <= upper + tol), axis=1)
     first_inside = int(np.argmax(inside)) if inside.any() else len(qa)
     assert inside[first_inside:].all(), (
         f"{int((~inside[first_inside:]).sum())} commands outside the soft limits after the robot was inside them"
     )
     idx = np.flatnonzero(active)
+    ta = t[idx]
+    # Time each message's target may have moved in: back to the write before the previous one, because the
+    # publisher reads the target and can be preempted before it writes (and stamps) the message.
+    span = ta[1:] - np.concatenate([ta[:1], ta[:-2]])
     consecutive = np.diff(idx) == 1
     steps = np.abs(np.diff(q[idx], axis=0))[consecutive]
-    dt_p = np.diff(t[idx])[consecutive]
-    allowed = lim.max_delta[None, :] * (SLACK_TICKS + np.maximum(dt_p, 0.0)[:, None] / lim.dt) + tol
+    dt_p = span[consecutive]
+    allowed = max_delta[None, :] * (SLACK_TICKS + np.maximum(dt_p, 0.0)[:, None] / lim.dt) + tol
     ratio = np.max(steps / allowed, axis=1) if len(steps) else np.zeros(1)
     assert ratio.max() <= 1.0, (
         f"a published step was {ratio.max():.2f} x what the step limit allows for the time between the messages"
@@ -242,9 +252,9 @@ def assert_commands_within_limits(cmds: dict[str, np.ndarray], cfg: dict[str, An
     n = 50
     if len(idx) > n:
         win = np.abs(q[idx][n:] - q[idx][:-n])
-        win_allowed = lim.max_delta[None, :] * (SLACK_TICKS + (t[idx][n:] - t[idx][:-n])[:, None] / lim.dt) + tol
+        win_allowed = max_delta[None, :] * (SLACK_TICKS + (t[idx][n:] - t[idx][:-n])[:, None] / lim.dt) + tol
         assert np.all(win <= win_allowed), "over a 50-message window the target moved faster than the limit allows"
-    step_ticks = np.max(steps / lim.max_delta[None, :], axis=1) if len(steps) else np.zeros(1)
+    step_ticks = np.max(steps / max_delta[None, :], axis=1) if len(steps) else np.zeros(1)
     at_limit = step_ticks >= 0.95
     longest = run = 0
     for hit in at_limit:

@@ -8,10 +8,13 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from dit4dit.calibration.calibration_file import load_calibration
-from dit4dit.calibration.geometry import nominal_head_camera_optical, rotation_distance_deg
+from dit4dit.calibration.geometry import (
+    nominal_head_camera_optical,
+    rotation_distance_deg,
+)
 from dit4dit.drivers import g1_spec
+
 from tests.calibration_rig import real_time_factor, running_sim
 
 
@@ -29,9 +32,11 @@ def test_calibrate_all_against_the_simulator(tmp_path, dds_domain, free_port) ->
         out = tmp_path / "calib.yaml"
         proc = subprocess.run(
             [sys.executable, "-m", "dit4dit.calibration.cli", "all", "--config", str(deploy), "--out", str(out),
-             "--sim-control", sim["control"], "--joints", "right_elbow_joint,right_wrist_roll_joint",
-             "--poses", "10", "--robot-name", "g1-sim"],
-            capture_output=True, text=True, timeout=240)  # fmt: skip
+             "--sim-control", sim["control"], "--joints", "right_elbow_joint", "--poses", "8", "--speed", "1.0",
+             "--timing-steps", "4", "--robot-name", "g1-sim"],
+            check=False, capture_output=True, text=True, timeout=240)  # fmt: skip
+        if proc.returncode != 0 and "overloaded" in proc.stderr:  # timing refused itself on a starved host
+            pytest.skip(f"host overloaded during timing: {proc.stderr.strip().splitlines()[-1]}")
         assert proc.returncode == 0, proc.stderr[-4000:]
     calib = load_calibration(out, "g1-sim", None, require=("intrinsics", "extrinsics", "timing", "joint_check"))
     # the simulated head camera sits exactly at the nominal mount: that is the ground truth here

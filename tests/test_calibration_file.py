@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import pytest
 import yaml
-
 from dit4dit.calibration.calibration_file import (
     CalibrationFile,
     CalibrationFileError,
@@ -95,7 +94,10 @@ def _deploy(tmp_path, port: int) -> str:
 def test_cli_intrinsics_from_images_writes_a_loadable_file(tmp_path, free_port) -> None:
     """dit4dit-calibrate intrinsics --images: real renders of the head camera, no robot needed."""
     from dit4dit.calibration.cli import main
-    from dit4dit.drivers.sim.calibration_props import mujoco_camera_intrinsics, render_board_views
+    from dit4dit.drivers.sim.calibration_props import (
+        mujoco_camera_intrinsics,
+        render_board_views,
+    )
     from dit4dit.drivers.sim.scene import G1Sim, SceneConfig
 
     sim = G1Sim(SceneConfig(tabletop=False, additions=("charuco_board",)))

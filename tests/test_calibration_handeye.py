@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dit4dit.calibration.calibration_file import Intrinsics
 from dit4dit.calibration.geometry import (
     inv_T,
@@ -17,7 +16,12 @@ from dit4dit.calibration.geometry import (
     rot_z,
     rotation_distance_deg,
 )
-from dit4dit.calibration.handeye import HandEyeError, park_martin, run_handeye, solve_hand_eye
+from dit4dit.calibration.handeye import (
+    HandEyeError,
+    park_martin,
+    run_handeye,
+    solve_hand_eye,
+)
 from dit4dit.drivers import g1_spec
 
 POS_TOL_M = 0.01  # the tolerances: position within 1 cm, rotation within 1 degree

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from dit4dit.calibration.joint_check import JointCheckSettings, analyse_sweep, run_joint_check
+from dit4dit.calibration.joint_check import (
+    JointCheckSettings,
+    analyse_sweep,
+    run_joint_check,
+)
 from dit4dit.drivers import g1_spec
 
 JOINTS = ["right_shoulder_pitch_joint", "right_elbow_joint", "right_wrist_roll_joint"]

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from dit4dit.calibration.timing import align_delay, state_times
 
 from tests.calibration_rig import real_time_factor, running_sim
@@ -49,7 +48,11 @@ def test_injected_camera_latency_is_recovered_within_one_frame(live_sim) -> None
     from dit4dit.calibration.handeye import HandEyePlanner, PlanSettings
     from dit4dit.calibration.session import MoveSettings, RobotSession
     from dit4dit.calibration.targets import WRIST_PLATE
-    from dit4dit.calibration.timing import TimingSettings, run_timing
+    from dit4dit.calibration.timing import (
+        HostOverloadedError,
+        TimingSettings,
+        run_timing,
+    )
     from dit4dit.drivers import g1_spec
     from dit4dit.drivers.cameras import SimCamera, SimCameraConfig
     from dit4dit.drivers.g1_robot import G1Robot, G1RobotConfig
@@ -85,7 +88,10 @@ def test_injected_camera_latency_is_recovered_within_one_frame(live_sim) -> None
         for latency in (0.0, 0.1):
             control_request(live_sim["control"], "set_latency", seconds=latency, camera="head")
             time.sleep(latency + 0.2)
-            measured[latency] = run_timing(session, settings)
+            try:
+                measured[latency] = run_timing(session, settings)
+            except HostOverloadedError as e:  # the measurement refused itself: say so rather than fail or pass
+                pytest.skip(f"host overloaded during the measurement: {e}")
         print({k: round(v.camera_delay_s * 1e3, 1) for k, v in measured.items()},
               "ms camera delay; e2e", {k: round(v.end_to_end_s * 1e3, 1) for k, v in measured.items()})
         d0, d1 = measured[0.0].camera_delay_s, measured[0.1].camera_delay_s

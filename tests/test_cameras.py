@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from dit4dit.drivers.cameras import (
     CameraError,
     CameraFault,

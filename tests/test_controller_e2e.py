@@ -145,3 +145,29 @@ def test_bad_config_and_missing_server_exit_1(tmp_path) -> None:
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 1
     assert "no policy server" in r.stderr and "dit4dit-serve" in r.stderr
+
+
+def test_arm_sdk_mode_ramps_weight_in_and_out(tmp_path, dds_domain) -> None:
+    """arm_sdk: commands go to rt/arm_sdk, the blend weight ramps 0 -> 1 and back to 0, never dropped at once."""
+    rig = Rig(tmp_path, dds_domain, topic=g1_spec.TOPIC_ARM_SDK)
+    try:
+        rig.start_bad_server("good")
+        rate = 2.0
+        cfg = rig.config(robot={"mode": "arm_sdk"}, run={"duration_s": 2.0}, safety={"arm_sdk_weight_rate": rate})
+        robot = rig.start_robot(cfg)
+        assert rig.wait_exit(60) == 0, robot.text()[-3000:]
+        s = rig.summary()
+        assert_in_order(s, [("RAMP_IN", "READY", "start pose reached"), ("RUNNING", "STOPPING", "run length"),
+                            ("STOPPING", "DAMPED", "damping in force")])  # fmt: skip
+        cmds = rig.commands()
+        w = cmds["weight"]
+        assert w.max() == pytest.approx(1.0) and w[0] < 0.05 and w[-1] == 0.0
+        per_msg = np.abs(np.diff(w)) / np.maximum(np.diff(cmds["t"]), 1e-4)
+        # the weight moves at most `rate` per second (a publisher tick that is late ramps slower, never faster)
+        assert np.all(np.abs(np.diff(w)) <= rate * 0.002 + 1e-6), per_msg.max()
+        # the arms' targets obey the limits while the weight is up
+        act = w > 0
+        report = assert_commands_within_limits({k: v[act] for k, v in cmds.items()}, cfg, g1_spec.ARM_SDK_JOINTS)
+        assert report["messages"] > 500
+    finally:
+        rig.close()

@@ -123,3 +123,20 @@ def test_numpy_cache_matches_decoded(tmp_path):
     np.testing.assert_array_equal(cached.frames["head"], direct.frames["head"])
     np.testing.assert_array_equal(cached.state, direct.state)
     assert cached.task == "t" and cached.success is True
+
+
+def test_subset_keeps_first_episodes_per_task(tmp_path):
+    from dit4dit.runtime.dataset import copy_subset
+
+    rng = np.random.default_rng(3)
+    w = LeRobotWriter(tmp_path / "ds", fps=10, state_names=STATE, action_names=ACTION, cameras=CAMS)
+    recs = []
+    for i in range(3):
+        for task in ("a", "b"):
+            recs.append((task, _record(w, rng, 4 + i, task, True)))
+    assert copy_subset(tmp_path / "ds", tmp_path / "sub", per_task=2) == 4
+    sub = LeRobotDataset(tmp_path / "sub")
+    assert [e["tasks"][0] for e in sub.episodes] == ["a", "b", "a", "b"]
+    np.testing.assert_array_equal(sub.episode(2).state, recs[2][1][0])
+    with pytest.raises(DatasetError, match="exists"):
+        copy_subset(tmp_path / "ds", tmp_path / "sub", per_task=1)

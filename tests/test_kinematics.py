@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.kinematics import HAND_FRAMES, G1Kinematics, pose_error
 

@@ -7,16 +7,14 @@ spawned processes, each on this test's own domain; results come back through que
 from __future__ import annotations
 
 import multiprocessing as mp
-
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+from dit4dit.drivers import g1_spec
 from hypothesis import given
 from hypothesis import strategies as hst
-
-from dit4dit.drivers import g1_spec
 
 pytest.importorskip("unitree_sdk2py")
 
@@ -31,12 +29,11 @@ ARM = list(g1_spec.ARM_JOINTS)
 def fake_g1(domain: int, opts: dict[str, Any], ready: Any, pause: Any, stop: Any, out: Any) -> None:
     import threading
 
+    from dit4dit.drivers import hg_codec
+    from dit4dit.drivers.remote import Remote
     from unitree_sdk2py.core.channel import ChannelFactoryInitialize, ChannelPublisher, ChannelSubscriber
     from unitree_sdk2py.idl.default import unitree_hg_msg_dds__LowState_
     from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowCmd_, LowState_
-
-    from dit4dit.drivers import hg_codec
-    from dit4dit.drivers.remote import Remote
 
     ChannelFactoryInitialize(domain, "lo")
     pub = ChannelPublisher(g1_spec.TOPIC_LOWSTATE, LowState_)
@@ -133,6 +130,7 @@ def run_robot(domain: int, scenario: str, opts: dict[str, Any], out: Any, releas
         robot.connect(timeout_s=opts.get("timeout_s", 5.0))
         res["mode_machine"] = robot.mode_machine
         if scenario == "pose":
+            time.sleep(0.3)  # damping goes out meanwhile
             st = robot.state()
             target = st.q.copy()
             target[ARM] = np.array(opts["arm_target"])
@@ -150,16 +148,20 @@ def run_robot(domain: int, scenario: str, opts: dict[str, Any], out: Any, releas
             st = robot.state()
             kp, kd = g1_spec.gains_array()
             robot.command(st.q, kp, kd)
+            # The ramp counts publisher ticks, so on a loaded machine it takes longer than 1/rate: poll.
             weights = []
-            t_end = time.monotonic() + opts["hold_s"]
-            while time.monotonic() < t_end:
+            t_end = time.monotonic() + 20.0
+            while time.monotonic() < t_end and robot.arm_sdk_weight < 1.0:
                 weights.append(robot.arm_sdk_weight)
                 time.sleep(0.01)
+            time.sleep(0.1)
             robot.damp()
-            t_end = time.monotonic() + opts["hold_s"]
-            while time.monotonic() < t_end:
+            t_end = time.monotonic() + 20.0
+            while time.monotonic() < t_end and robot.arm_sdk_weight > 0.0:
                 weights.append(robot.arm_sdk_weight)
                 time.sleep(0.01)
+            weights.append(robot.arm_sdk_weight)
+            time.sleep(0.1)
             res["weights"] = weights
             res["sent_weights"] = robot.sent_weights().tolist()
         elif scenario == "stale":
@@ -175,7 +177,9 @@ def run_robot(domain: int, scenario: str, opts: dict[str, Any], out: Any, releas
             time.sleep(0.2)
             res["later_age"] = robot.state().age_s
         elif scenario == "hands":
-            time.sleep(0.3)
+            t_end = time.monotonic() + 20.0
+            while time.monotonic() < t_end and any(h.state() is None for h in robot.hands.values()):
+                time.sleep(0.05)
             left, right = robot.hands["left"].state(), robot.hands["right"].state()
             res["hand_q"] = {"left": left.q.tolist(), "right": right.q.tolist()}
             res["hand_age"] = max(left.age_s, right.age_s)
@@ -259,16 +263,16 @@ def test_lowcmd_reaches_arm_pose_with_crc_and_mode_machine(dds_domain):
     assert all(r[2] == 6 for r in lowcmd), "mode_machine must echo the state's"
     assert all(r[3] for r in lowcmd), "every LowCmd must carry a valid CRC"
     assert all((r[7] == 1).all() for r in lowcmd), "every body motor enabled (mode 1)"
-    # The first messages are damping (kp 0, kd > 0) until command(); the last ones are damping again (disconnect).
-    assert (lowcmd[0][5] == 0).all() and (lowcmd[0][6] > 0).all()
+    # Until command() the robot sends damping (kp 0, kd > 0); at disconnect damping again.
+    first_cmd = next(i for i, r in enumerate(lowcmd) if (r[5][ARM] > 0).all())
+    assert all((r[5] == 0).all() and (r[6] > 0).all() for r in lowcmd[:first_cmd])
     assert (lowcmd[-1][5] == 0).all() and (lowcmd[-1][6] > 0).all()
-    assert any((r[5][ARM] > 0).all() for r in lowcmd)
 
 
 def test_arm_sdk_weight_ramps_never_jumps(dds_domain):
     rate = 2.0  # weight units per second: 0 -> 1 in 0.5 s
     with FakeG1(dds_domain) as g1:
-        p, out = robot_process(dds_domain, "ramp", hold_s=0.8, config={"mode": "arm_sdk", "arm_sdk_weight_rate": rate})
+        p, out = robot_process(dds_domain, "ramp", config={"mode": "arm_sdk", "arm_sdk_weight_rate": rate})
         res = result(p, out)
         records = g1.records()
     assert "error" not in res, res

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from dit4dit.drivers import g1_spec
 
 pytest.importorskip("unitree_sdk2py")
@@ -150,7 +149,7 @@ def test_lowcmd_against_dit4dit_sim(sim, dds_domain):
     assert err.max() < 0.06, err  # stand gains against gravity: a few centiradians of sag at most
     assert res["stats"]["crc_errors"] == 0
     stats = sim_state["stats"]
-    assert stats["lowcmd_received"] > 500
+    assert stats["lowcmd_received"] > 200
     assert stats["lowcmd_bad_crc"] == 0 and stats["lowcmd_bad_mode_machine"] == 0
     assert sim_state["command"] in ("lowcmd", "rt/lowcmd")
 
@@ -173,4 +172,4 @@ def test_arm_sdk_against_dit4dit_sim(sim, dds_domain):
     err = np.abs(np.array(res["q"]) - np.array(res["target"]))[ARM]
     assert err.max() < 0.06, err
     assert sim_state["arm_sdk_weight"] == pytest.approx(1.0)
-    assert sim_state["stats"]["arm_sdk_received"] > 500
+    assert sim_state["stats"]["arm_sdk_received"] > 200

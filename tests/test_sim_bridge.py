@@ -4,6 +4,7 @@ spawned process of its own), plus the control socket and the camera stream over 
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing as mp
 import os
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from dit4dit.drivers import g1_spec
 
 pytest.importorskip("unitree_sdk2py")
@@ -197,15 +197,51 @@ def _client(domain: int, script: str, out: Any) -> None:
                 # the arm_sdk gains are the stand controller's, so weight w settles at w of the way
                 kp_s, kd_s = g1_spec.gains_array()
                 kp[:], kd[:] = kp_s, kd_s
+                def send(w: float = w) -> Any:
+                    return lowcmd(ARM_TARGET, mode_machine=0, good_crc=False, weight=w)
+
+                stream(pub, send, 1.5)  # the new weight has arrived and the arm is on its way
                 end = time.monotonic() + 10
                 prev = q_now()
                 while time.monotonic() < end:
-                    stream(pub, lambda w=w: lowcmd(ARM_TARGET, mode_machine=0, good_crc=False, weight=w), 0.3)
+                    stream(pub, send, 0.3)
                     cur = q_now()
                     if np.abs(cur - prev)[ARM].max() < 0.002:  # settled
                         break
                     prev = cur
                 res[f"q_w{w}"] = q_now().tolist()
+        elif script == "hands":
+            from dit4dit.drivers.hands import pack_mode
+            from unitree_sdk2py.idl.default import unitree_hg_msg_dds__HandCmd_
+            from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandCmd_, HandState_
+
+            hand_q: dict[str, np.ndarray] = {}
+
+            def on_hand(side: str, msg: Any) -> None:
+                with lock:
+                    hand_q[side] = np.array([m.q for m in msg.motor_state[:7]])
+
+            subs = []
+            for side in ("left", "right"):
+                hs = ChannelSubscriber(g1_spec.TOPIC_DEX3_STATE.format(side=side), HandState_)
+                hs.Init(lambda m, side=side: on_hand(side, m), 0)
+                subs.append(hs)
+            pub = ChannelPublisher(g1_spec.TOPIC_DEX3_CMD.format(side="right"), HandCmd_)
+            pub.Init()
+            target = g1_spec.DEX3_UPPER["right"] * 0.8
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                cmd = unitree_hg_msg_dds__HandCmd_()
+                for i, m in enumerate(cmd.motor_cmd):
+                    m.mode, m.q, m.kp, m.kd = pack_mode(i), float(target[i]), 1.5, 0.1
+                pub.Write(cmd)
+                time.sleep(0.01)
+                with lock:
+                    if "right" in hand_q and np.abs(hand_q["right"] - target).max() < 0.05:
+                        break
+            with lock:
+                res["hand_q"] = {k: v.tolist() for k, v in hand_q.items()}
+            res["hand_target"] = target.tolist()
         out.put(("done", res))
     except Exception as e:  # noqa: BLE001 - reported to the parent
         res["error"] = f"{type(e).__name__}: {e}"
@@ -253,7 +289,7 @@ def test_lowstate_stream_remote_and_lowcmd_pose(sim, dds_domain):
     log = res["stream"]
     assert len(log) == 400
     ticks = [e[0] for e in log]
-    assert all(b > a for a, b in zip(ticks, ticks[1:])), "tick must increase"
+    assert all(b > a for a, b in itertools.pairwise(ticks)), "tick must increase"
     assert all(e[1] for e in log), "every rt/lowstate carries a valid CRC"
     assert {e[2] for e in log} == {MODE_MACHINE}
     for _, _, _, quat, rpy, acc, remote, q in log[-5:]:
@@ -351,11 +387,10 @@ def test_camera_stream_frames_and_injected_latency(sim):
 
 def test_lowstate_bytes_equal_the_sdk_serializer():
     """The fast rt/lowstate path emits exactly what LowState_.serialize() would, with the SDK's CRC."""
-    from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
-    from unitree_sdk2py.utils.crc import CRC
-
     from dit4dit.drivers.remote import Remote
     from dit4dit.drivers.sim.lowstate_wire import LowStateRecord
+    from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
+    from unitree_sdk2py.utils.crc import CRC
 
     rng = np.random.default_rng(1)
     rec = LowStateRecord(mode_machine=MODE_MACHINE)
@@ -385,9 +420,21 @@ def test_reference_mjcf_runs_behind_the_same_bridge(shared_dir, dds_domain, free
         assert s.stop() == 0, s.log.read_text()[-3000:]
 
 
+def test_dex3_hands_over_dds(dds_domain, free_port, tmp_path):
+    s = start_sim(dds_domain, free_port, tmp_path, "--hands", "--no-table", "--no-cameras")
+    try:
+        res = run_client(dds_domain, "hands")
+        assert set(res["hand_q"]) == {"left", "right"}  # both rt/dex3/*/state are published
+        np.testing.assert_allclose(res["hand_q"]["right"], res["hand_target"], atol=0.05)
+        stats = s.request("state")["stats"]
+        assert stats["hand_cmd_received"] > 0 and stats["hand_state_published"] > 0
+    finally:
+        assert s.stop() == 0, s.log.read_text()[-3000:]
+
+
 def test_cli_help_and_clear_errors(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "dit4dit.drivers.sim.cli", *a],  # noqa: E731
-                                    capture_output=True, text=True, timeout=120,
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dit4dit.drivers.sim.cli", *a],
+                                    capture_output=True, text=True, timeout=120, check=False,
                                     env={k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")})
     h = run("--help")
     assert h.returncode == 0
@@ -401,3 +448,56 @@ def test_cli_help_and_clear_errors(tmp_path):
     assert m.returncode == 2 and "does not exist" in m.stderr
     p = run("--props", "nope", "--control-port", "0", "--no-cameras")
     assert p.returncode == 2 and "unknown scene addition 'nope'" in p.stderr
+    from dit4dit.drivers.sim import g1_model
+
+    h = run("--hands", "--model", str(g1_model.MODEL_PATH), "--control-port", "0", "--no-cameras")
+    assert h.returncode == 2 and "has no Dex3 hands" in h.stderr
+
+
+def test_keyboard_toggles_remote_keys(dds_domain, free_port, tmp_path):
+    """--keyboard on a real terminal (a pty): '2' then 'b' holds L2+B in rt/lowstate, space releases all."""
+    import pty
+
+    from dit4dit.drivers.remote import Remote
+    from dit4dit.drivers.sim.bridge import control_request
+
+    master, slave = pty.openpty()
+    log = open(tmp_path / "kbd.log", "w")  # noqa: SIM115 - closed below
+    cmd = [sys.executable, "-m", "dit4dit.drivers.sim.cli", "--domain", str(dds_domain), "--control-port",
+           str(free_port), "--no-cameras", "--no-table", "--keyboard"]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+    os.close(slave)
+    addr = f"tcp://127.0.0.1:{free_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                control_request(addr, "ping", timeout_s=1.0)
+                break
+            except TimeoutError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "kbd.log").read_text()
+
+        def press_and_read(keys: bytes, expect: set[str]) -> set[str]:
+            """Type keys, then poll rt/lowstate's remote (via the control socket) until it shows `expect`."""
+            os.write(master, keys)
+            end = time.monotonic() + 5
+            while True:
+                held = set(Remote.parse(control_request(addr, "state")["remote"]).buttons)
+                if held == expect or time.monotonic() > end:
+                    return held
+                time.sleep(0.05)
+
+        assert press_and_read(b"2", {"L2"}) == {"L2"}
+        assert press_and_read(b"b", {"L2", "B"}) == {"L2", "B"}
+        assert press_and_read(b"2", {"B"}) == {"B"}  # a second press releases that key
+        assert press_and_read(b" ", set()) == set()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        os.close(master)
+        log.close()

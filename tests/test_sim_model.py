@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 import mujoco
 import numpy as np
 import pytest
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.sim import g1_model
 
@@ -18,10 +17,29 @@ def model() -> mujoco.MjModel:
     return mujoco.MjModel.from_xml_path(str(g1_model.MODEL_PATH))
 
 
-def test_committed_model_is_the_generators_output() -> None:
-    assert g1_model.MODEL_PATH.read_text() == g1_model.build_model_xml(), (
-        "assets/g1_29dof.xml is stale: run `python -m dit4dit.drivers.sim.g1_model`"
-    )
+def test_committed_models_are_the_generators_output() -> None:
+    for hand, path in g1_model.HAND_VARIANTS.items():
+        assert path.read_text() == g1_model.build_model_xml(hand), (
+            f"{path.name} is stale: run `python -m dit4dit.drivers.sim.g1_model`"
+        )
+
+
+def test_dex3_variant_adds_the_hands_after_the_body() -> None:
+    m = mujoco.MjModel.from_xml_path(str(g1_model.DEX3_MODEL_PATH))
+    assert m.nu == g1_spec.NUM_JOINTS + 14
+    for a, spec in enumerate(g1_spec.JOINTS):  # the body's 29 motors keep SDK order
+        assert m.joint(m.actuator_trnid[a, 0]).name == spec.name
+    a = g1_spec.NUM_JOINTS
+    for side in ("left", "right"):
+        for i, name in enumerate(g1_model.dex3_joint_names(side)):
+            j = m.joint(name)
+            np.testing.assert_allclose(m.jnt_range[j.id], [g1_spec.DEX3_LOWER[side][i], g1_spec.DEX3_UPPER[side][i]],
+                                       atol=1e-6, err_msg=name)
+            assert m.actuator_trnid[a, 0] == j.id  # hand motors in message order (DEX3_JOINTS)
+            a += 1
+        assert m.site(g1_model.HAND_SITES[side]).bodyid[0] == m.body(g1_model.DEX3_PALM_BODIES[side]).id
+    with pytest.raises(ValueError, match="hand must be"):
+        g1_model.build_model_xml("claw")
 
 
 def test_joints_match_g1_spec(model: mujoco.MjModel) -> None:

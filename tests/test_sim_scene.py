@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.sim import g1_model
 from dit4dit.drivers.sim.scene import (
@@ -228,14 +227,40 @@ def test_task_reset_and_state() -> None:
         s.close()
 
 
-def test_reference_mjcf_runs_in_g1sim(shared_dir) -> None:
-    """Unitree's full mesh MJCF loads with the same scene builder and holds the stand pose."""
-    path = shared_dir / "reference/unitree_g1_mujoco/g1_29dof.xml"
+@pytest.mark.parametrize("name", ["g1_29dof.xml", "scene_29dof.xml"])
+def test_reference_mjcf_runs_in_g1sim(shared_dir, name) -> None:
+    """Unitree's full mesh MJCF (the robot file, and the scene that <include>s it with its own floor) loads
+    with the same scene builder and holds the stand pose."""
+    path = shared_dir / "reference/unitree_g1_mujoco" / name
     s = G1Sim(SceneConfig(model_path=path))
     try:
         s.step(300)
         np.testing.assert_allclose(s.joint_positions()[list(g1_spec.ARM_JOINTS)],
                                    g1_spec.HOME_POSE[list(g1_spec.ARM_JOINTS)], atol=0.05)
         assert "red_block" in s.object_poses()
+        floors = [i for i in range(s.model.ngeom) if s.model.geom_type[i] == 0]  # mjGEOM_PLANE
+        assert len(floors) == 1
     finally:
         s.close()
+
+
+def test_dex3_hands_track_their_commands() -> None:
+    from dit4dit.drivers import g1_spec as spec
+
+    s = G1Sim(SceneConfig(hands=True, tabletop=False))
+    try:
+        assert s.hand_sides == ("left", "right")
+        closed = spec.DEX3_UPPER["right"] * 0.8  # right fingers close towards their upper limits
+        s.set_hand_command("right", closed, 1.5, 0.1)
+        s.step(500)
+        np.testing.assert_allclose(s.hand_state("right")["q"], closed, atol=0.05)
+        # the left hand got no command: passive (no motor torque), its fingers hang inside their limits
+        assert np.all(np.abs(s.hand_state("left")["tau"]) == 0.0)
+        q_left = s.hand_state("left")["q"]
+        assert np.all(q_left >= spec.DEX3_LOWER["left"] - 0.02) and np.all(q_left <= spec.DEX3_UPPER["left"] + 0.02)
+        with pytest.raises(ValueError, match="shape"):
+            s.set_hand_command("right", closed[:3], 1.5, 0.1)
+    finally:
+        s.close()
+    with pytest.raises(ValueError, match="no Dex3"):
+        G1Sim(SceneConfig(tabletop=False)).set_hand_command("left", np.zeros(7), 1.0, 0.1)

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.kinematics import G1Kinematics
 from dit4dit.drivers.remote import Remote

@@ -45,8 +45,22 @@ def camera_config(kind: str, **fields: Any) -> CameraConfig:
 
 
 __all__ = [
-    "Camera", "CameraConfig", "CameraError", "CameraFault", "Frame", "FrameGate", "check_fresh",
-    "OpenCVCamera", "OpenCVCameraConfig", "RealSenseCamera", "RealSenseCameraConfig",
-    "SimCamera", "SimCameraConfig", "ZmqCamera", "ZmqCameraConfig", "ImageStreamPublisher",
-    "make_camera", "camera_config",
+    "Camera",
+    "CameraConfig",
+    "CameraError",
+    "CameraFault",
+    "Frame",
+    "FrameGate",
+    "ImageStreamPublisher",
+    "OpenCVCamera",
+    "OpenCVCameraConfig",
+    "RealSenseCamera",
+    "RealSenseCameraConfig",
+    "SimCamera",
+    "SimCameraConfig",
+    "ZmqCamera",
+    "ZmqCameraConfig",
+    "camera_config",
+    "check_fresh",
+    "make_camera",
 ]  # fmt: skip

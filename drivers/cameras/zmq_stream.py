@@ -113,7 +113,7 @@ def decode_frame(message: bytes) -> tuple[dict[str, Any], np.ndarray, np.ndarray
     """(header without data, RGB image, depth or None). ValueError naming what is wrong."""
     try:
         msg = msgpack.unpackb(message, raw=False)
-    except Exception as e:  # noqa: BLE001 - msgpack raises several types
+    except Exception as e:
         raise ValueError(f"image stream message is not msgpack: {e}") from e
     if not isinstance(msg, dict) or msg.get("v") != FORMAT_VERSION:
         raise ValueError(f"image stream message has version {msg.get('v') if isinstance(msg, dict) else None}, want {FORMAT_VERSION}")
@@ -330,12 +330,12 @@ class ZmqCamera(Camera):
 
 
 __all__ = [
+    "CameraFault",
     "ImageStreamPublisher",
     "ZmqCamera",
     "ZmqCameraConfig",
-    "encode_frame",
-    "decode_frame",
-    "local_stamp",
-    "CameraFault",
     "clock_id",
+    "decode_frame",
+    "encode_frame",
+    "local_stamp",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ from typing import Any
 import msgpack
 import numpy as np
 import zmq
-
 from dit4dit.drivers import g1_spec, hg_codec
 from dit4dit.drivers.cameras.zmq_stream import ImageStreamPublisher
 from dit4dit.drivers.remote import Remote
@@ -44,7 +44,8 @@ DEFAULT_CAMERA_PORT = 55555  # teleimager's head-camera port; further cameras ta
 DEFAULT_CONTROL_PORT = 55570
 MOTOR_TEMPERATURE_C = 30  # sim motors do not heat up; a plausible constant keeps temperature checks meaningful
 MOTOR_VOLTAGE_V = 48.0
-LATE_RESYNC_S = 0.1  # when physics falls this far behind real time, re-anchor the clock (count an overrun)
+LATE_RESYNC_S = 0.1
+CAMERA_THREAD_NICE = 10  # added niceness of the render thread (Linux: per-thread)  # when physics falls this far behind real time, re-anchor the clock (count an overrun)
 
 
 @dataclass
@@ -82,6 +83,8 @@ class BridgeConfig:
     real_time: bool = True  # pace physics to the wall clock; False: as fast as possible
     check_crc: bool = True  # drop rt/lowcmd with a bad CRC, as the robot does
     jpeg_quality: int = 90
+    hands: bool = False  # serve rt/dex3/{left,right}/cmd|state (the sim must have Dex3 hands)
+    hand_state_rate_hz: float = 100.0  # Unitree's hand tools run at 100 Hz
 
     def __post_init__(self) -> None:
         if not 0 <= self.domain <= 232:
@@ -104,6 +107,8 @@ class BridgeStats:
     lowcmd_bad_crc: int = 0
     lowcmd_bad_mode_machine: int = 0
     arm_sdk_received: int = 0
+    hand_cmd_received: int = 0
+    hand_state_published: int = 0
     overruns: int = 0  # times physics fell more than LATE_RESYNC_S behind the wall clock
     frames: dict[str, int] = field(default_factory=dict)
 
@@ -149,6 +154,8 @@ class SimBridge:
             if cam.model_camera not in sim.camera_names():
                 raise ValueError(f"camera {cam.name!r}: the model has no camera {cam.model_camera!r}; "
                                  f"available: {', '.join(sim.camera_names())}")
+        if self.config.hands and not sim.hand_sides:
+            raise ValueError("hands=True needs a scene with Dex3 hands: G1Sim(SceneConfig(hands=True))")
         self.stats = BridgeStats()
         self.remote = Remote()
         self._remote_raw = self.remote.pack()
@@ -161,7 +168,7 @@ class SimBridge:
         self._lowstate = LowStateRecord(self.config.mode_machine)
         self._started = False
         self._tick_ms = 0
-        self._tick_step_ms = max(1, int(round(sim.model.opt.timestep * 1000)))
+        self._tick_step_ms = max(1, round(sim.model.opt.timestep * 1000))
         self._last_step_wall = 0.0
         self._viewer = None
         self._warned: set[str] = set()
@@ -177,7 +184,7 @@ class SimBridge:
         # bridge per process (dit4dit-sim does).
         try:
             ChannelFactoryInitialize(cfg.domain, cfg.interface)
-        except Exception as e:  # noqa: BLE001 - the SDK raises a bare Exception
+        except Exception as e:
             raise RuntimeError(f"CycloneDDS could not start on domain {cfg.domain}, interface {cfg.interface!r}: "
                                f"{e} (does the interface exist? `ip link`; on lo enable multicast: "
                                "`sudo ip link set lo multicast on`)") from e
@@ -186,6 +193,19 @@ class SimBridge:
         self._sub_lowcmd.Init(self._on_lowcmd, 0)
         self._sub_arm = ChannelSubscriber(g1_spec.TOPIC_ARM_SDK, LowCmd_)
         self._sub_arm.Init(self._on_arm_sdk, 0)
+        self._hand_pubs: dict[str, Any] = {}
+        if cfg.hands:
+            from unitree_sdk2py.core.channel import ChannelPublisher
+            from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandCmd_, HandState_
+
+            self._hand_subs = {}
+            for side in self.sim.hand_sides:
+                sub = ChannelSubscriber(g1_spec.TOPIC_DEX3_CMD.format(side=side), HandCmd_)
+                sub.Init(lambda msg, side=side: self._on_hand_cmd(side, msg), 0)
+                self._hand_subs[side] = sub
+                pub = ChannelPublisher(g1_spec.TOPIC_DEX3_STATE.format(side=side), HandState_)
+                pub.Init()
+                self._hand_pubs[side] = pub
         try:
             self._cameras = [_CameraWorker(c, cfg.host, cfg.jpeg_quality) for c in cfg.cameras]
             if cfg.control_port:
@@ -204,6 +224,8 @@ class SimBridge:
             self._spawn(self._control_loop, "sim-control")
         if self._cameras:
             self._spawn(self._camera_loop, "sim-cameras")
+        if self._hand_pubs:
+            self._spawn(self._hand_state_loop, "sim-hands")
 
     def _spawn(self, fn, name: str) -> None:
         t = threading.Thread(target=fn, name=name, daemon=True)
@@ -257,6 +279,48 @@ class SimBridge:
             self.sim.set_arm_sdk(q, kp, kd, weight, dq=dq, tau=tau)
         except ValueError as e:
             self._warn_once("arm-value", f"ignoring rt/arm_sdk: {e}")
+
+    def _on_hand_cmd(self, side: str, msg: Any) -> None:
+        from dit4dit.drivers.hands import unpack_mode
+
+        self.stats.hand_cmd_received += 1
+        n = len(g1_spec.DEX3_JOINTS)
+        mc = list(msg.motor_cmd)[:n]
+        if len(mc) != n:
+            self._warn_once(f"hand-{side}-len", f"ignoring rt/dex3/{side}/cmd with {len(mc)} motor commands, want {n}")
+            return
+        a = np.array([(m.q, m.dq, m.kp, m.kd, m.tau) for m in mc], dtype=np.float64)
+        # mode byte: bits 0-3 motor id, 4-6 status (0 = off), bit 7 timeout (stop)
+        modes = [unpack_mode(m.mode) for m in mc]  # (motor id, status, timeout)
+        enabled = np.array([status != 0 and not timeout for _, status, timeout in modes])
+        try:
+            self.sim.set_hand_command(side, a[:, 0], a[:, 2], a[:, 3], dq=a[:, 1], tau=a[:, 4], enabled=enabled)
+        except ValueError as e:
+            self._warn_once(f"hand-{side}-value", f"ignoring rt/dex3/{side}/cmd: {e}")
+
+    def _hand_state_loop(self) -> None:
+        from dit4dit.drivers.hands import pack_mode
+        from unitree_sdk2py.idl.default import unitree_hg_msg_dds__HandState_
+
+        msgs = {side: unitree_hg_msg_dds__HandState_() for side in self._hand_pubs}
+        period = 1.0 / self.config.hand_state_rate_hz
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            with self.sim.lock:
+                states = {side: self.sim.hand_state(side) for side in self._hand_pubs}
+            for side, pub in self._hand_pubs.items():
+                msg, st = msgs[side], states[side]
+                for i, ms in enumerate(msg.motor_state[: len(g1_spec.DEX3_JOINTS)]):
+                    ms.mode = pack_mode(i)
+                    ms.q, ms.dq, ms.tau_est = float(st["q"][i]), float(st["dq"][i]), float(st["tau"][i])
+                    ms.temperature = [MOTOR_TEMPERATURE_C, MOTOR_TEMPERATURE_C]
+                pub.Write(msg)
+                self.stats.hand_state_published += 1
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -LATE_RESYNC_S:
+                next_t = time.monotonic()
+            self._stop.wait(max(0.0, delay))
 
     def _warn_once(self, key: str, text: str) -> None:
         if key not in self._warned:
@@ -318,8 +382,15 @@ class SimBridge:
 
     # ------------------------------------------------------------------ cameras
     def _camera_loop(self) -> None:
+        # Rendering is the sim's heaviest work; on a small CPU let the 500 Hz physics thread win.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CAMERA_THREAD_NICE)
+        except (AttributeError, OSError) as e:
+            log.debug("could not lower the camera thread's priority: %s", e)
         try:
             self._camera_loop_inner()
+        except Exception:  # the physics and DDS go on; camera readers will report stale frames
+            log.exception("camera thread failed: no more frames will be published")
         finally:
             self.sim.close()  # this thread's GL contexts
 
@@ -367,7 +438,7 @@ class SimBridge:
             try:
                 req = msgpack.unpackb(raw, raw=False)
                 if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-                    raise ValueError("a request is a msgpack map with a string 'cmd', e.g. {'cmd': 'state'}")
+                    raise TypeError("a request is a msgpack map with a string 'cmd', e.g. {'cmd': 'state'}")
                 reply = {"ok": True, **self.handle(req["cmd"], req)}
             except Exception as e:  # noqa: BLE001 - every failure is answered, the socket stays usable
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -408,6 +479,7 @@ class SimBridge:
                     "objects": sim.object_poses(), "ee": {k: v.tolist() for k, v in sim.ee_poses().items()},
                     "arm_sdk_weight": sim.arm_sdk_weight, "command": sim.command_source,
                     "remote": self._remote_bytes, "stats": self.stats.as_dict(),
+                    "hands": {side: sim.hand_state(side)["q"].tolist() for side in sim.hand_sides},
                 }
         if cmd == "task_state":
             return sim.task_state()

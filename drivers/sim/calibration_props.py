@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
 from dit4dit.calibration.targets import (
     INTRINSICS_BOARD,
     WRIST_PLATE,

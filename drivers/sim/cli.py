@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     scene = p.add_argument_group("scene")
     scene.add_argument("--model", type=Path, default=None,
                        help="a full G1 MJCF to use instead of the built-in model (joints matched by name)")
+    scene.add_argument("--hands", action="store_true",
+                       help="Dex3-1 hands: the built-in model's Dex3 variant (or --model with Dex3 joints), serving "
+                            "rt/dex3/{left,right}/cmd and publishing rt/dex3/{left,right}/state at 100 Hz")
     scene.add_argument("--base", choices=("weld", "fixed", "free"), default="weld",
                        help="pelvis: held by a stiff weld gantry (default), fixed, or free (falls without a "
                             "balance controller)")
@@ -169,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = BridgeConfig(domain=args.domain, interface=args.interface, mode_machine=args.mode_machine,
                            host=args.host, cameras=cameras, control_port=args.control_port or None,
                            real_time=not args.no_realtime, check_crc=not args.no_crc_check,
-                           jpeg_quality=args.jpeg_quality)
-        sim = G1Sim(SceneConfig(model_path=args.model, base=args.base, tabletop=not args.no_table, additions=props))
+                           jpeg_quality=args.jpeg_quality, hands=args.hands)
+        sim = G1Sim(SceneConfig(model_path=args.model, hands=args.hands, base=args.base, tabletop=not args.no_table,
+                                additions=props))
         if args.seed is not None or args.task is not None:
             sim.reset(seed=args.seed, task=args.task)
         bridge = SimBridge(sim, cfg)
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
 
-    def on_signal(signum, frame) -> None:  # noqa: ARG001
+    def on_signal(signum, frame) -> None:
         stop.set()
         bridge.stop()
 
@@ -199,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         _keyboard_thread(bridge, stop)
     streams = ", ".join(f"{c.name} {c.width}x{c.height}@{c.fps:g} tcp://{args.host}:{c.port}" for c in cameras) or "none"
     control = f"tcp://{args.host}:{args.control_port}" if args.control_port else "none"
+    hands = "Dex3 (rt/dex3/*)" if args.hands else "rubber"
     print(f"dit4dit-sim ready: DDS domain {args.domain} on {args.interface}, mode_machine {args.mode_machine}, "
-          f"base {args.base}; cameras: {streams}; control: {control}", flush=True)
+          f"base {args.base}, hands {hands}; cameras: {streams}; control: {control}", flush=True)
     try:
         bridge.run(duration_s=args.duration)
     finally:

@@ -7,8 +7,9 @@ sized by eye to the real links, so it renders fast offscreen and needs no mesh f
 Armature follows menagerie's ``g1_mjx.xml``; damping/friction loss follow unitree_mujoco
 (g1-interface.md §3.2).
 
-Run ``python -m dit4dit.drivers.sim.g1_model`` to regenerate ``assets/g1_29dof.xml``; a test
-checks the committed file equals the generator's output.
+Run ``python -m dit4dit.drivers.sim.g1_model`` to regenerate ``assets/g1_29dof.xml`` (rubber
+hands) and ``assets/g1_29dof_dex3.xml`` (Dex3-1 hands, 14 more joints and motors after the 29);
+a test checks the committed files equal the generator's output.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from dit4dit.drivers import g1_spec
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-MODEL_PATH = ASSETS_DIR / "g1_29dof.xml"
+MODEL_PATH = ASSETS_DIR / "g1_29dof.xml"  # rubber hands (the G1's stock mittens)
+DEX3_MODEL_PATH = ASSETS_DIR / "g1_29dof_dex3.xml"  # Dex3-1 three-finger hands (dit4dit-sim --hands)
+HAND_VARIANTS = {"rubber": MODEL_PATH, "dex3": DEX3_MODEL_PATH}
 
 # Names other modules rely on (kinematics, scene, bridge).
 PELVIS_BODY = "pelvis"
@@ -36,7 +38,17 @@ WRIST_CAMERAS = {"left": "left_wrist_camera", "right": "right_wrist_camera"}
 # the URDF hand_palm_joint frame; orientation = that palm frame (x along the fingers).
 HAND_SITES = {"left": "left_hand", "right": "right_hand"}
 PALM_BODIES = {"left": "left_rubber_hand", "right": "right_rubber_hand"}
+DEX3_PALM_BODIES = {"left": "left_hand_palm_link", "right": "right_hand_palm_link"}
 HAND_SITE_OFFSET = (0.08, 0.0, 0.0)
+
+
+def dex3_joint_names(side: str) -> tuple[str, ...]:
+    """Dex3-1 joint names of one hand in message order (g1_spec.DEX3_JOINTS: thumb_0..2, index_0..1, middle_0..1)."""
+    return tuple(f"{side}_hand_{j}_joint" for j in g1_spec.DEX3_JOINTS)
+
+
+DEX3_EFFORT = {"thumb_0": 2.45}  # N·m; every other Dex3 joint: 1.4 (g1-interface.md §6.1)
+DEX3_EFFORT_DEFAULT = 1.4
 
 # Collision filtering: robot geoms never collide with each other, only with the world/objects.
 ROBOT_CONTYPE, ROBOT_CONAFFINITY = 2, 1
@@ -109,6 +121,8 @@ class Link:
     com: tuple[float, float, float]
     inertia: tuple[float, float, float, float, float, float]  # ixx iyy izz ixy ixz iyz
     geoms: list[Geom] = field(default_factory=list)
+    effort: float | None = None  # for joints outside g1_spec (Dex3 fingers): limit comes from `limits`
+    limits: tuple[float, float] | None = None
 
 
 DARK = "0.2 0.2 0.2 1"
@@ -194,7 +208,74 @@ def _arm(side: str) -> list[Link]:
     ]
 
 
-def g1_links() -> list[Link]:
+def _diag_to_full(diag: tuple[float, float, float], quat: tuple[float, float, float, float]) -> tuple[float, ...]:
+    """Principal inertia + frame quaternion -> (ixx, iyy, izz, ixy, ixz, iyz)."""
+    w, x, y, z = quat
+    n = math.sqrt(w * w + x * x + y * y + z * z)
+    w, x, y, z = w / n, x / n, y / n, z / n
+    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                  [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    I = R @ np.diag(diag) @ R.T
+    return (I[0, 0], I[1, 1], I[2, 2], I[0, 1], I[0, 2], I[1, 2])
+
+
+def _dex3(side: str) -> list[Link]:
+    """Dex3-1 hand: palm fixed to the wrist-yaw link, a 3-joint thumb and two 2-joint fingers.
+
+    Joint origins, axes, limits and finger masses/inertias follow Unitree's G1-with-Dex3 description;
+    the palm's mass (0.17 kg) and inertia are a box estimate. Left/right mirror y (and the limits).
+    """
+    s = 1.0 if side == "left" else -1.0
+    p = side
+    lo, hi = g1_spec.DEX3_LOWER[side], g1_spec.DEX3_UPPER[side]
+    lim = {j: (float(lo[i]), float(hi[i])) for i, j in enumerate(g1_spec.DEX3_JOINTS)}
+    eff = {j: DEX3_EFFORT.get(j, DEX3_EFFORT_DEFAULT) for j in g1_spec.DEX3_JOINTS}
+    m_palm, (a, b, c) = 0.17, (0.08, 0.045, 0.07)
+    palm_i = (m_palm * (b * b + c * c) / 12, m_palm * (a * a + c * c) / 12, m_palm * (a * a + b * b) / 12, 0, 0, 0)
+    grey, dark = "0.55 0.56 0.6 1", DARK
+    links = [
+        Link(f"{p}_hand_palm_link", f"{p}_wrist_yaw_link", (0.0415, s * 0.003, 0), (0, 0, 0), None, None,
+             m_palm, (0.04, 0, 0), palm_i,
+             [Geom("box", (0.04, 0.018, 0.038), pos=(0.045, s * 0.004, 0), rgba=dark, name=f"{p}_palm_geom")]),
+        Link(f"{p}_hand_thumb_0_link", f"{p}_hand_palm_link", (0.0255, 0, 0), (0, 0, 0), f"{p}_hand_thumb_0_joint",
+             (0, 1, 0), 0.0862366, (-0.000884246, -s * 0.00863407, 0.000944293),
+             _diag_to_full((1.6546e-05, 1.60058e-05, 1.43741e-05),
+                           (0.462991, 0.643965, -0.460173, 0.398986) if s > 0 else (0.643965, 0.462991, -0.398986, 0.460173)),
+             [Geom("capsule", (0.012,), fromto=(0, 0, 0, -0.0025, -s * 0.0193, 0), rgba=grey)],
+             effort=eff["thumb_0"], limits=lim["thumb_0"]),
+        Link(f"{p}_hand_thumb_1_link", f"{p}_hand_thumb_0_link", (-0.0025, -s * 0.0193, 0), (0, 0, 0),
+             f"{p}_hand_thumb_1_joint", (0, 0, 1), 0.0588507, (-0.000827888, -s * 0.0354744, -0.0003809),
+             _diag_to_full((1.28514e-05, 1.22902e-05, 5.9666e-06),
+                           (0.685598, 0.705471, -0.15207, 0.0956069) if s > 0 else (0.705471, 0.685598, -0.0956069, 0.15207)),
+             [Geom("capsule", (0.011,), fromto=(0, -s * 0.008, 0, 0, -s * 0.0458, 0), rgba=grey)],
+             effort=eff["thumb_1"], limits=lim["thumb_1"]),
+        Link(f"{p}_hand_thumb_2_link", f"{p}_hand_thumb_1_link", (0, -s * 0.0458, 0), (0, 0, 0),
+             f"{p}_hand_thumb_2_joint", (0, 0, 1), 0.0203063, (-0.00171735, -s * 0.0262819, 0.000107789),
+             _diag_to_full((4.61314e-06, 3.86645e-06, 1.53495e-06),
+                           (0.703174, 0.710977, -0.00017564, -0.00766553) if s > 0 else (0.710977, 0.703174, 0.00766553, 0.00017564)),
+             [Geom("capsule", (0.010,), fromto=(0, -s * 0.006, 0, 0, -s * 0.045, 0), rgba=grey, name=f"{p}_thumb_tip")],
+             effort=eff["thumb_2"], limits=lim["thumb_2"]),
+    ]
+    for finger, z in (("index", 0.0285), ("middle", -0.0285)):
+        links += [
+            Link(f"{p}_hand_{finger}_0_link", f"{p}_hand_palm_link", (0.0777, s * 0.0016, z), (0, 0, 0),
+                 f"{p}_hand_{finger}_0_joint", (0, 0, 1), 0.0588507, (0.0354744, s * 0.000827888, 0.0003809),
+                 _diag_to_full((1.28514e-05, 1.22902e-05, 5.9666e-06),
+                               (0.391313, 0.552395, 0.417187, 0.606373) if s > 0 else (0.606373, 0.417187, 0.552395, 0.391313)),
+                 [Geom("capsule", (0.011,), fromto=(0.006, 0, 0, 0.0458, 0, 0), rgba=grey)],
+                 effort=eff[f"{finger}_0"], limits=lim[f"{finger}_0"]),
+            Link(f"{p}_hand_{finger}_1_link", f"{p}_hand_{finger}_0_link", (0.0458, 0, 0), (0, 0, 0),
+                 f"{p}_hand_{finger}_1_joint", (0, 0, 1), 0.0203063, (0.0262819, s * 0.00171735, -0.000107789),
+                 _diag_to_full((4.61314e-06, 3.86645e-06, 1.53495e-06),
+                               (0.502612, 0.491799, 0.502639, 0.502861) if s > 0 else (0.502861, 0.502639, 0.491799, 0.502612)),
+                 [Geom("capsule", (0.010,), fromto=(0.005, 0, 0, 0.042, 0, 0), rgba=grey, name=f"{p}_{finger}_tip")],
+                 effort=eff[f"{finger}_1"], limits=lim[f"{finger}_1"]),
+        ]
+    return links
+
+
+def g1_links(hand: str = "rubber") -> list[Link]:
     """All links in MJCF body order (parents before children)."""
     links: list[Link] = [
         Link("pelvis", None, (0, 0, PELVIS_HOME_HEIGHT), (0, 0, 0), None, None, 3.813, (0, 0, -0.07605),
@@ -222,6 +303,10 @@ def g1_links() -> list[Link]:
               Geom("cylinder", (0.035, 0.03), pos=(0, 0, 0.37), rgba=LIGHT)]),
     ]
     links += _arm("left") + _arm("right")
+    if hand == "dex3":
+        links = [ln for ln in links if ln.name not in PALM_BODIES.values()] + _dex3("left") + _dex3("right")
+    elif hand != "rubber":
+        raise ValueError(f"hand must be one of {sorted(HAND_VARIANTS)}, got {hand!r}")
     return links
 
 
@@ -264,8 +349,8 @@ def _extras(link: str, indent: str) -> str:
                 f'xyaxes="{_fmt(_camera_xyaxes(g1_spec.HEAD_CAMERA_PITCH))}" fovy="{D435_FOVY_DEG}"/>\n')
         out += f'{indent}<site name="head_camera_site" pos="{_fmt(g1_spec.HEAD_CAMERA_POS)}" ' \
                f'quat="{_fmt(_rpy_to_quat(0, g1_spec.HEAD_CAMERA_PITCH, 0))}" size="0.005" rgba="0 0 1 0"/>\n'
-    for side, body in PALM_BODIES.items():
-        if link == body:
+    for side in ("left", "right"):
+        if link in (PALM_BODIES[side], DEX3_PALM_BODIES[side]):
             out += (f'{indent}<site name="{HAND_SITES[side]}" pos="{_fmt(HAND_SITE_OFFSET)}" size="0.01" '
                     f'rgba="0 1 0 0"/>\n')
             # On the back of the hand (palm-frame +z), looking along the fingers and 35° toward -z.
@@ -274,9 +359,9 @@ def _extras(link: str, indent: str) -> str:
     return out
 
 
-def build_model_xml() -> str:
-    """The G1 MJCF as a string (robot only: no floor, no lights)."""
-    links = g1_links()
+def build_model_xml(hand: str = "rubber") -> str:
+    """The G1 MJCF as a string (robot only: no floor, no lights); hand: "rubber" or "dex3"."""
+    links = g1_links(hand)
     children: dict[str | None, list[Link]] = {}
     for ln in links:
         children.setdefault(ln.parent, []).append(ln)
@@ -293,12 +378,17 @@ def build_model_xml() -> str:
                 f'fullinertia="{_fmt(ln.inertia)}"/>\n')
         if ln.parent is None:
             out += f'{inner}<freejoint name="floating_base_joint"/>\n'
-        if ln.joint is not None:
+        if ln.joint is not None and ln.joint in spec_by_name:
             j = spec_by_name[ln.joint]
             fl = WRIST_FRICTIONLOSS if "wrist" in ln.joint else JOINT_FRICTIONLOSS
             out += (f'{inner}<joint name="{ln.joint}" axis="{_fmt(ln.axis)}" range="{j.lower:.9g} {j.upper:.9g}" '
                     f'armature="{_armature(ln.joint):.9g}" damping="{JOINT_DAMPING}" frictionloss="{fl}" '
                     f'actuatorfrcrange="{-j.effort:.9g} {j.effort:.9g}"/>\n')
+        elif ln.joint is not None:  # Dex3 finger: small rotor, light friction
+            lo, hi = ln.limits
+            out += (f'{inner}<joint name="{ln.joint}" axis="{_fmt(ln.axis)}" range="{lo:.9g} {hi:.9g}" '
+                    f'armature="0.0001" damping="0.01" frictionloss="0.01" '
+                    f'actuatorfrcrange="{-ln.effort:.9g} {ln.effort:.9g}"/>\n')
         for g in ln.geoms:
             out += _geom_xml(g, inner)
         out += _extras(ln.name, inner)
@@ -311,6 +401,12 @@ def build_model_xml() -> str:
         f'    <motor name="{j.name.removesuffix("_joint")}" joint="{j.name}" '
         f'ctrlrange="{-j.effort:.9g} {j.effort:.9g}"/>\n'
         for j in g1_spec.JOINTS
+    )
+    fingers = [ln for ln in links if ln.joint is not None and ln.joint not in spec_by_name]
+    motors += "".join(
+        f'    <motor name="{ln.joint.removesuffix("_joint")}" joint="{ln.joint}" '
+        f'ctrlrange="{-ln.effort:.9g} {ln.effort:.9g}"/>\n'
+        for ln in fingers
     )
     sensors = "".join(f'    <jointpos name="{j.name}_pos" joint="{j.name}"/>\n' for j in g1_spec.JOINTS)
     sensors += "".join(f'    <jointvel name="{j.name}_vel" joint="{j.name}"/>\n' for j in g1_spec.JOINTS)
@@ -326,7 +422,8 @@ def build_model_xml() -> str:
         f'    <accelerometer name="secondary_imu_acc" site="{TORSO_IMU_SITE}"/>\n'
     )
     header = (
-        "<!-- Generated by dit4dit.drivers.sim.g1_model (python -m dit4dit.drivers.sim.g1_model); do not edit.\n"
+        f"<!-- Hands: {hand}. "
+        "Generated by dit4dit.drivers.sim.g1_model (python -m dit4dit.drivers.sim.g1_model); do not edit.\n"
         "     Unitree G1 29-DoF rev 1.0: joint tree, origins, axes, masses and inertias from Unitree's\n"
         "     g1_29dof_rev_1_0.urdf (BSD-3); limits and effort from dit4dit.drivers.g1_spec;\n"
         "     simple capsule/box/sphere geometry. Actuators: 29 torque motors in SDK order. -->\n"
@@ -348,17 +445,19 @@ def build_model_xml() -> str:
     )
 
 
-def write_model(path: Path = MODEL_PATH) -> Path:
+def write_model(path: Path = MODEL_PATH, hand: str = "rubber") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_model_xml())
+    path.write_text(build_model_xml(hand))
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Regenerate the project's G1 MJCF (assets/g1_29dof.xml).")
-    ap.add_argument("--out", type=Path, default=MODEL_PATH, help="output path (default: %(default)s)")
+    ap = argparse.ArgumentParser(description="Regenerate the project's G1 MJCFs (assets/g1_29dof.xml and "
+                                             "assets/g1_29dof_dex3.xml).")
+    ap.add_argument("--out-dir", type=Path, default=ASSETS_DIR, help="output folder (default: %(default)s)")
     args = ap.parse_args(argv)
-    print(write_model(args.out))
+    for hand, path in HAND_VARIANTS.items():
+        print(write_model(args.out_dir / path.name, hand))
 
 
 if __name__ == "__main__":

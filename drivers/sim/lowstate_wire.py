@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from dit4dit.drivers import g1_spec, hg_codec
 
 CDR_LE_HEADER = b"\x00\x01\x00\x00"  # XCDR1, little-endian, no options

@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.sim import g1_model
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless offscreen rendering; osmesa fails on CI machines
 
-import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import picks a GL backend)
+import mujoco
 
 # --------------------------------------------------------------------------------------------
 # Table and objects (world frame: x forward from the robot, z up, pelvis above the origin).
@@ -165,7 +164,9 @@ class SceneConfig:
     """What to build. ``model_path=None`` uses the project's own G1 model."""
 
     model_path: Path | str | None = None
-    base: str = "weld"  # weld: pelvis held by a stiff weld (gantry); fixed: no free joint; free: unsupported
+    hands: bool = False  # Dex3-1 hands (the built-in model's dex3 variant; an external model must have them)
+    # weld: pelvis held by a stiff weld (gantry); fixed: no free joint; free: falls without a balance controller
+    base: str = "weld"
     tabletop: bool = True  # table, blocks, bowl, target
     additions: Sequence[str | SceneAddition] = ()
     offscreen_size: tuple[int, int] = (1280, 960)  # max render width, height
@@ -277,21 +278,28 @@ def _tabletop_xml() -> tuple[str, str]:
             f'<geom name="{name}_geom" type="box" size="{BLOCK_HALF} {BLOCK_HALF} {BLOCK_HALF}" rgba="{rgba}" '
             f'mass="{BLOCK_MASS}" friction="1.0 0.01 0.001" condim="4" {c}/></body>'
         )
-    # Bowl: a base disc and a ring of 12 wall boxes (primitive geoms keep rendering fast).
+    # Bowl: a ring of 12 wall boxes on a base (primitive geoms keep rendering fast). Only a square
+    # foot touches the table (4 contacts); walls start above it and the round disc is for looks, since
+    # 12 walls resting on the table would add ~50 contacts and quadruple the physics cost.
     walls = ""
     n = 12
+    foot_top = 0.004
     for k in range(n):
         a = 2 * math.pi * k / n
         half_len = BOWL_RADIUS * math.tan(math.pi / n) + 0.003
         walls += (
-            f'<geom type="box" size="0.004 {half_len:.4f} {BOWL_HEIGHT / 2:.4f}" '
-            f'pos="{BOWL_RADIUS * math.cos(a):.4f} {BOWL_RADIUS * math.sin(a):.4f} {BOWL_HEIGHT / 2:.4f}" '
+            f'<geom type="box" size="0.004 {half_len:.4f} {(BOWL_HEIGHT - foot_top) / 2:.4f}" '
+            f'pos="{BOWL_RADIUS * math.cos(a):.4f} {BOWL_RADIUS * math.sin(a):.4f} '
+            f'{foot_top + (BOWL_HEIGHT - foot_top) / 2 + 0.001:.4f}" '
             f'euler="0 0 {a:.5f}" material="bowl_mat" mass="0.012" {c}/>'
         )
+    foot = BOWL_RADIUS * 0.7
     world += (
         f'<body name="bowl" pos="0.35 0.2 {TABLE_TOP_Z:.4f}"><freejoint name="bowl_joint"/>'
-        f'<geom name="bowl_base" type="cylinder" size="{BOWL_RADIUS + 0.004:.4f} 0.003" pos="0 0 0.003" '
-        f'material="bowl_mat" mass="0.05" {c}/>{walls}'
+        f'<geom name="bowl_base" type="box" size="{foot:.4f} {foot:.4f} {foot_top / 2}" pos="0 0 {foot_top / 2}" '
+        f'material="bowl_mat" mass="0.05" {c}/>'
+        f'<geom name="bowl_disc" type="cylinder" size="{BOWL_RADIUS + 0.004:.4f} {foot_top / 2}" '
+        f'pos="0 0 {foot_top / 2 + 0.0005}" material="bowl_mat" mass="0.001" contype="0" conaffinity="0"/>{walls}'
         f'<site name="bowl_site" pos="0 0 0.01" size="0.005" rgba="0 0 0 0"/></body>'
     )
     # Target area: a mocap body, so reset() can move it; visual only (no contacts).
@@ -307,7 +315,10 @@ def _tabletop_xml() -> tuple[str, str]:
 def build_scene_xml(config: SceneConfig | None = None) -> tuple[str, dict[str, bytes]]:
     """The full scene MJCF and the asset files it references by name."""
     cfg = config or SceneConfig()
-    path = Path(cfg.model_path) if cfg.model_path is not None else g1_model.MODEL_PATH
+    if cfg.model_path is not None:
+        path = Path(cfg.model_path)
+    else:
+        path = g1_model.DEX3_MODEL_PATH if cfg.hands else g1_model.MODEL_PATH
     root = _parse(path)
     if root.tag != "mujoco":
         raise SceneError(f"{path}: the root element is <{root.tag}>, expected <mujoco>")
@@ -320,6 +331,11 @@ def build_scene_xml(config: SceneConfig | None = None) -> tuple[str, dict[str, b
     if missing:
         raise SceneError(f"{path} lacks G1 joints {missing}; the model must name its joints as in g1_spec "
                          "(e.g. left_elbow_joint)")
+    if cfg.hands:
+        missing = [n for side in ("left", "right") for n in g1_model.dex3_joint_names(side) if n not in joint_names]
+        if missing:
+            raise SceneError(f"{path} has no Dex3 hands (lacks {missing[:3]}...); drop --hands or use a model with "
+                             "joints named like left_hand_thumb_0_joint")
     pelvis = _find_body(root, g1_model.PELVIS_BODY)
     torso = _find_body(root, g1_model.TORSO_BODY)
     if pelvis is None or torso is None:
@@ -368,7 +384,9 @@ def build_scene_xml(config: SceneConfig | None = None) -> tuple[str, dict[str, b
 
     asset = _section(root, "asset")
     world = _section(root, "worldbody")
-    has_floor = any(g.get("type") == "plane" for g in world.findall("geom"))
+    # A scene file may carry its own floor (in any of several <worldbody>s once includes are inlined).
+    has_floor = any(g.get("type") == "plane" or g.get("name") == "floor"
+                    for wb in root.findall("worldbody") for g in wb.findall("geom"))
     light_xml = (
         '<light name="key" pos="0.4 -0.6 2.4" dir="-0.1 0.3 -1" directional="true" diffuse="0.6 0.6 0.6" '
         'specular="0.1 0.1 0.1" castshadow="false"/>'
@@ -428,7 +446,7 @@ def load_scene(config: SceneConfig | None = None) -> mujoco.MjModel:
 
 @dataclass
 class JointCommand:
-    """Per-joint motor command for the 29 joints (SDK order), as in ``LowCmd_.motor_cmd[0:29]``."""
+    """Per-joint motor command: the 29 body joints (SDK order, ``LowCmd_.motor_cmd[0:29]``) or a Dex3 hand's 7."""
 
     q: np.ndarray
     dq: np.ndarray
@@ -438,8 +456,7 @@ class JointCommand:
     enabled: np.ndarray  # bool; a disabled motor (mode 0) produces no torque
 
     @classmethod
-    def make(cls, q, kp, kd, dq=None, tau=None, enabled=None) -> JointCommand:
-        n = g1_spec.NUM_JOINTS
+    def make(cls, q, kp, kd, dq=None, tau=None, enabled=None, n: int = g1_spec.NUM_JOINTS) -> JointCommand:
 
         def arr(x, default: float, what: str) -> np.ndarray:
             a = np.full(n, default, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
@@ -509,6 +526,20 @@ class G1Sim:
         self._arm_weight = 0.0
         self._arm_mask = np.zeros(g1_spec.NUM_JOINTS, dtype=bool)
         self._arm_mask[list(g1_spec.ARM_SDK_JOINTS)] = True
+        # Dex3 hands (7 joints a side, DEX3_JOINTS order) where the model has them.
+        self.hand_sides: tuple[str, ...] = ()
+        self._hand: dict[str, dict[str, np.ndarray]] = {}
+        self._hand_cmd: dict[str, JointCommand | None] = {}
+        if self.scene_config.hands:
+            for side in ("left", "right"):
+                names = g1_model.dex3_joint_names(side)
+                jid = np.array([m.joint(n).id for n in names])
+                act = self._actuators_for(names, jid)
+                eff = np.abs(m.actuator_ctrlrange[act, 1]) if np.all(m.actuator_ctrllimited[act]) else \
+                    np.array([g1_model.DEX3_EFFORT.get(j, g1_model.DEX3_EFFORT_DEFAULT) for j in g1_spec.DEX3_JOINTS])
+                self._hand[side] = {"q": m.jnt_qposadr[jid], "v": m.jnt_dofadr[jid], "act": act, "effort": eff}
+                self._hand_cmd[side] = None
+            self.hand_sides = ("left", "right")
         self.last_torque = np.zeros(g1_spec.NUM_JOINTS)
         self.task: str | None = None
         self.seed: int | None = None
@@ -525,13 +556,16 @@ class G1Sim:
 
     def _map_actuators(self) -> np.ndarray:
         """Actuator id per G1 joint (matched by the joint it drives); torque motors only."""
+        return self._actuators_for(g1_spec.JOINT_NAMES, self._jid)
+
+    def _actuators_for(self, names: Sequence[str], jids: np.ndarray) -> np.ndarray:
         m = self.model
         by_joint: dict[int, int] = {}
         for a in range(m.nu):
             if m.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT:
                 by_joint[int(m.actuator_trnid[a, 0])] = a
         ids = []
-        for name, jid in zip(g1_spec.JOINT_NAMES, self._jid, strict=True):
+        for name, jid in zip(names, jids, strict=True):
             a = by_joint.get(int(jid))
             if a is None:
                 raise SceneError(f"the model has no actuator on joint {name!r}; add a <motor joint=\"{name}\"/>")
@@ -645,10 +679,26 @@ class G1Sim:
         self._arm_sdk, self._arm_weight = cmd, min(1.0, max(0.0, float(weight)))
 
     def release_command(self) -> None:
-        """Back to the built-in stand controller (as after ``SelectMode('ai')``)."""
+        """Back to the built-in stand controller (as after ``SelectMode('ai')``); hands go passive."""
         self._lowcmd = None
         self._arm_sdk = None
         self._arm_weight = 0.0
+        for side in self._hand_cmd:
+            self._hand_cmd[side] = None
+
+    def set_hand_command(self, side: str, q, kp, kd, dq=None, tau=None, enabled=None) -> None:
+        """A Dex3 ``rt/dex3/<side>/cmd``: 7 joints in g1_spec.DEX3_JOINTS order. Without one a hand is passive."""
+        if side not in self._hand:
+            raise ValueError(f"no Dex3 {side!r} hand in this scene (hands: {list(self._hand) or 'none'}); "
+                             "build it with SceneConfig(hands=True)")
+        n = len(g1_spec.DEX3_JOINTS)
+        self._hand_cmd[side] = JointCommand.make(q, kp, kd, dq, tau, enabled, n=n)
+
+    def hand_state(self, side: str) -> dict[str, np.ndarray]:
+        """q, dq, tau (7,) of a Dex3 hand."""
+        h = self._hand[side]
+        return {"q": self.data.qpos[h["q"]].copy(), "dq": self.data.qvel[h["v"]].copy(),
+                "tau": self.data.actuator_force[h["act"]].copy()}
 
     def set_stand_pose(self, pose: Sequence[float]) -> None:
         self._stand = stand_command(np.asarray(pose, dtype=np.float64))
@@ -678,6 +728,16 @@ class G1Sim:
                 t = np.where(self._arm_mask, w * arm.torque(q, dq) + (1.0 - w) * t, t)
         return np.clip(t, -self._effort, self._effort)
 
+    def _hand_torques(self) -> None:
+        d = self.data
+        for side, h in self._hand.items():
+            cmd = self._hand_cmd[side]
+            if cmd is None:
+                d.ctrl[h["act"]] = 0.0  # passive: the finger joints' own damping only
+                continue
+            t = cmd.torque(d.qpos[h["q"]], d.qvel[h["v"]])
+            d.ctrl[h["act"]] = np.clip(t, -h["effort"], h["effort"])
+
     def step(self, n: int = 1) -> None:
         """Advance n physics steps (dt = 0.002 s), recomputing the PD torque at every step."""
         m, d = self.model, self.data
@@ -685,6 +745,8 @@ class G1Sim:
             for _ in range(n):
                 t = self.compute_torque()
                 d.ctrl[self._act] = t
+                if self._hand:
+                    self._hand_torques()
                 mujoco.mj_step(m, d)
             self.last_torque = t if n > 0 else self.last_torque
 
@@ -804,7 +866,7 @@ class G1Sim:
         for key in [k for k in self._renderers if k[0] == me]:
             self._renderers.pop(key).close()
 
-    def __enter__(self) -> G1Sim:
+    def __enter__(self) -> G1Sim:  # noqa: PYI034 - typing.Self needs Python 3.11; the package supports 3.10
         return self
 
     def __exit__(self, *exc) -> None:
