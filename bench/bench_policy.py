@@ -124,8 +124,12 @@ def main() -> None:
                 loss.backward()
                 opt.step()
 
-            t_train = timed(step, args.train_steps, device, warmup=2)
-            train_cell = f"{t_train:.3f} ({B}) = {1 / t_train:.2f} steps/s"
+            try:
+                t_train = timed(step, args.train_steps, device, warmup=2)
+                train_cell = f"{t_train:.3f} ({B}) = {1 / t_train:.2f} steps/s"
+            except torch.OutOfMemoryError:  # e.g. the paper preset in fp32 without gradient checkpointing
+                train_cell = f"out of memory at batch {B}"
+            del opt, batch
         table.add_row(name, fmt_params(count(model)), fmt_params(count(getattr(model, "video", None))),
                       fmt_params(count(model.action)), str(cfg.condition_tokens), f"{t_feat * 1e3:.1f}",
                       f"{t_samp * 1e3:.1f} ({cfg.num_euler_steps})", f"{(t_feat + t_samp) * 1e3:.1f}", train_cell)

@@ -2,8 +2,8 @@
 
 Both servers run a no-op policy (zeros, 16 x 29) in their own subprocess, on localhost, and get the same
 realistic observation: one 224x224 RGB image, one 480x640 RGB image, a 29-joint state and an instruction.
-Each client measures the round trip of `--n` sequential requests after a warm-up; the table gives
-p50 / p99 / mean in milliseconds. Run:
+Each client measures the round trip of `--n` sequential requests after a warm-up, in interleaved blocks
+of 25 so that load changes on the machine hit every transport alike; the table gives p50 / p99 / mean in ms. Run:
 
     python bench/bench_transport.py [--n 500]
 """
@@ -104,39 +104,43 @@ def serve_zmq(port: int) -> None:
 # ------------------------------------------------------------------------------------------ clients
 
 
-def bench_zmq(port: int, n: int, warmup: int, jpeg: int | None) -> np.ndarray:
-    from dit4dit.runtime.client import PolicyClient
+class ZmqRunner:
+    def __init__(self, port: int, jpeg: int | None) -> None:
+        from dit4dit.runtime.client import PolicyClient
 
-    obs = observation()
-    with PolicyClient(f"tcp://127.0.0.1:{port}", timeout_s=5.0, jpeg_quality=jpeg) as client:
-        client.metadata()
-        times = []
-        for i in range(warmup + n):
-            t0 = time.perf_counter()
-            result = client.infer(obs)
-            dt = time.perf_counter() - t0
-            assert result.actions.shape == (CHUNK, JOINTS)
-            if i >= warmup:
-                times.append(dt)
-    return np.array(times)
+        self.obs = observation()
+        self.client = PolicyClient(f"tcp://127.0.0.1:{port}", timeout_s=5.0, jpeg_quality=jpeg)
+        self.client.metadata()
+
+    def once(self) -> float:
+        t0 = time.perf_counter()
+        result = self.client.infer(self.obs)
+        dt = time.perf_counter() - t0
+        assert result.actions.shape == (CHUNK, JOINTS)
+        return dt
+
+    def close(self) -> None:
+        self.client.close()
 
 
-def bench_ws(port: int, n: int, warmup: int) -> np.ndarray:
-    from websockets.sync.client import connect
+class WsRunner:
+    def __init__(self, port: int) -> None:
+        from websockets.sync.client import connect
 
-    obs = observation()
-    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
-        ws_unpack(ws.recv())  # metadata
-        times = []
-        for i in range(warmup + n):
-            t0 = time.perf_counter()
-            ws.send(ws_pack(obs))
-            reply = ws_unpack(ws.recv())
-            dt = time.perf_counter() - t0
-            assert reply["actions"].shape == (CHUNK, JOINTS)
-            if i >= warmup:
-                times.append(dt)
-    return np.array(times)
+        self.obs = observation()
+        self.ws = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None)
+        ws_unpack(self.ws.recv())  # metadata, sent on connect
+
+    def once(self) -> float:
+        t0 = time.perf_counter()
+        self.ws.send(ws_pack(self.obs))
+        reply = ws_unpack(self.ws.recv())
+        dt = time.perf_counter() - t0
+        assert reply["actions"].shape == (CHUNK, JOINTS)
+        return dt
+
+    def close(self) -> None:
+        self.ws.close()
 
 
 def free_port() -> int:
@@ -169,20 +173,34 @@ def main() -> None:
 
     obs = observation()
     raw_bytes = sum(im.nbytes for im in obs["images"].values()) + obs["state"].nbytes
-    rows = []
-    for name, kind, run in (
-        ("dit4dit ZeroMQ DEALER/ROUTER, raw uint8", "zmq", lambda port: bench_zmq(port, args.n, args.warmup, None)),
-        ("dit4dit ZeroMQ DEALER/ROUTER, JPEG q90", "zmq", lambda port: bench_zmq(port, args.n, args.warmup, 90)),
-        ("openpi-style websocket + msgpack, raw", "ws", lambda port: bench_ws(port, args.n, args.warmup)),
-    ):
-        port = free_port()
-        proc = start(kind, port)
-        try:
-            t = run(port) * 1e3
-        finally:
+    zmq_port, ws_port = free_port(), free_port()
+    procs = [start("zmq", zmq_port), start("ws", ws_port)]
+    runners: dict[str, Any] = {}
+    try:
+        runners = {
+            "dit4dit ZeroMQ DEALER/ROUTER, raw uint8": ZmqRunner(zmq_port, None),
+            "dit4dit ZeroMQ DEALER/ROUTER, JPEG q90": ZmqRunner(zmq_port, 90),
+            "openpi-style websocket + msgpack, raw": WsRunner(ws_port),
+        }
+        for runner in runners.values():
+            for _ in range(args.warmup):
+                runner.once()
+        # Interleaved blocks, so a change in machine load hits every transport alike.
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        block = 25
+        while min(len(t) for t in times.values()) < args.n:
+            for name, runner in runners.items():
+                times[name] += [runner.once() for _ in range(block)]
+    finally:
+        for runner in runners.values():
+            runner.close()
+        for proc in procs:
             proc.terminate()
             proc.wait(10)
-        rows.append((name, np.percentile(t, 50), np.percentile(t, 99), t.mean()))
+    rows = []
+    for name, t in times.items():
+        ms = np.array(t[: args.n]) * 1e3
+        rows.append((name, np.percentile(ms, 50), np.percentile(ms, 99), ms.mean()))
     print(f"\nround trip, no-op policy, localhost, {args.n} requests; observation = 224x224 + 480x640 RGB uint8 + 29 joints "
           f"({raw_bytes / 1e6:.2f} MB raw)\n")
     print(f"| {'transport':<42} | {'p50 ms':>7} | {'p99 ms':>7} | {'mean ms':>7} |")

@@ -155,7 +155,7 @@ class Timing(_Model):
     frame_period_s: float = Field(gt=0)
     joint: str
     n_trials: int = Field(ge=1)
-    spread_s: float = Field(ge=0)  # max-min of camera_delay_s over the trials
+    spread_s: float = Field(ge=0)  # max-min of camera_delay_s over the steps (the extremes dropped from 5 steps on)
 
 
 class JointResult(_Model):

@@ -54,6 +54,7 @@ class DiT4DiTConfig:
     tokenizer_levels: int = 3  # each halves resolution: downsample 2**levels
     latent_channels: int = 4
     tokenizer_path: str | None = None
+    requires_pretrained: bool = False  # large presets: training must load tokenizer and text encoder from local files
     # text encoder: small transformer over an in-project word vocabulary, or loaded from a local file
     vocab_size: int = 256
     max_text_len: int = 16
@@ -147,7 +148,7 @@ def small(**overrides: Any) -> DiT4DiTConfig:
     """Trainable on a 2-core CPU: 64x64 head camera, the paper's structure at a small width."""
     cfg = DiT4DiTConfig(
         preset="small", image_size=64, future_frames=2, future_stride=8, chunk_length=16, num_euler_steps=4,
-        tokenizer_width=32, tokenizer_levels=3, latent_channels=8, vocab_size=256, max_text_len=16, text_width=128,
+        tokenizer_width=16, tokenizer_levels=3, latent_channels=8, vocab_size=256, max_text_len=16, text_width=128,
         text_depth=2, text_heads=4, patch_size=2, video_width=192, video_depth=6, video_heads=4, extract_layer=4,
         action_width=192, action_depth=4, action_heads=4, num_query_tokens=8,
     )
@@ -164,7 +165,7 @@ def paper(**overrides: Any) -> DiT4DiTConfig:
         action_dim=14, chunk_length=16, num_euler_steps=4, tokenizer_width=128, tokenizer_levels=3,
         latent_channels=16, vocab_size=32128, max_text_len=64, text_width=1024, text_depth=24, text_heads=16,
         patch_size=2, video_width=2048, video_depth=28, video_heads=16, extract_layer=17, action_width=1536,
-        action_depth=16, action_heads=32, num_query_tokens=32, adaln_rank=256,
+        action_depth=16, action_heads=32, num_query_tokens=32, adaln_rank=256, requires_pretrained=True,
     )
     return replace(cfg, **overrides)
 
@@ -225,7 +226,8 @@ class TimestepEmbedder(nn.Module):
         half = self.frequency_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = 1000.0 * t.float().unsqueeze(-1) * freqs  # (..., half)
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))  # (..., width)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (..., frequency_dim), computed in fp32
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (..., width)
 
 
 class DiTBlock(nn.Module):

@@ -38,7 +38,7 @@ from torch import nn
 from .checkpoint import build_metadata, save_checkpoint
 from .data import TrainingData, TrainingDataError, load_training_data
 from .flow import dual_flow_matching_loss
-from .model import DiT4DiT, DiT4DiTConfig, PRESETS, load_component, preset_config
+from .model import PRESETS, DiT4DiT, DiT4DiTConfig, load_component, preset_config, save_component
 from .normalize import Normalizer
 from .text import Vocabulary
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="checkpoint to write (e.g. g1.pt)")
     p.add_argument("--steps", type=int, default=10000, help="policy (DiT) training steps")
-    p.add_argument("--tokenizer-steps", type=int, default=1500, help="frame autoencoder steps (stage 1)")
+    p.add_argument("--tokenizer-steps", type=int, default=1000, help="frame autoencoder steps (stage 1)")
     p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--tokenizer-batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flow config override, e.g. --flow action_trains_video=false --flow action_noise_repeats=8")
     p.add_argument("--synthetic-episodes", type=int, default=32)
     p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--save-components", metavar="DIR", default=None,
+                   help="also write the trained frame tokenizer and text encoder (with its vocabulary) to DIR, "
+                        "for a larger preset's tokenizer_path / text_encoder_path")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="end this invocation after N more steps (state saved; continue with --resume): for time-sliced jobs")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -243,6 +246,10 @@ def train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     model = DiT4DiT(cfg).to(device)
+    if cfg.requires_pretrained and not (cfg.tokenizer_path and cfg.text_encoder_path):
+        raise TrainError(f"the {cfg.preset} preset loads its frame tokenizer and text encoder from local files: pass "
+                         f"--override tokenizer_path=PATH --override text_encoder_path=PATH (files written by "
+                         f"dit4dit-train --save-components); nothing is downloaded")
     if cfg.text_encoder_path:  # a pretrained text encoder stays frozen, as the paper's
         blob = load_component(model.text, "text_encoder", cfg.text_encoder_path)
         vocab = Vocabulary(blob["vocab"], cfg.max_text_len)
@@ -397,6 +404,13 @@ def train(args: argparse.Namespace) -> int:
     if progress:
         progress.close()
     save(final=step >= total)
+    if rank == 0 and args.save_components:
+        folder = Path(args.save_components)
+        folder.mkdir(parents=True, exist_ok=True)
+        arch = {k: getattr(cfg, k) for k in ("tokenizer_width", "tokenizer_levels", "latent_channels", "image_size",
+                                             "vocab_size", "max_text_len", "text_width", "text_depth", "text_heads")}
+        save_component(model.tokenizer, "frame_tokenizer", arch, folder / "frame_tokenizer.pt")
+        save_component(model.text, "text_encoder", arch, folder / "text_encoder.pt", vocab=vocab.tokens)
     if world > 1:
         dist.barrier()
     if rank == 0:

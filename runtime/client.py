@@ -154,6 +154,8 @@ class PolicyClient:
             data["n_executing"] = int(n_executing)
         elif n_executing:
             raise ValueError("n_executing needs the previous chunk as `prefix`")
+        # The server skips the request if it has queued longer than we will wait for it.
+        data["deadline_s"] = self.timeout_s if timeout_s is None else float(timeout_s)
         start = time.perf_counter()
         reply = self._call("infer", data, timeout_s)
         rtt = time.perf_counter() - start

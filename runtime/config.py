@@ -186,6 +186,7 @@ class SafetySection(_Section):
     arm_sdk_weight_rate: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 0.5  # weight per second
     max_tilt_rad: Annotated[float, Field(gt=0, le=g1_spec.MAX_TILT_RAD, allow_inf_nan=False)] = 0.5
     max_joint_speed: Annotated[float, Field(gt=0, le=g1_spec.MAX_JOINT_SPEED, allow_inf_nan=False)] = 6.0
+    fault_persist_s: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = 0.01  # tilt/speed must last this long
     max_winding_temp_c: Annotated[float, Field(gt=0, le=g1_spec.MAX_WINDING_TEMP_C)] = 110.0
     max_casing_temp_c: Annotated[float, Field(gt=0, le=g1_spec.MAX_CASING_TEMP_C)] = 80.0
     estop_buttons: list[str] = Field(default_factory=lambda: ["L2", "B"])  # all held -> damp

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import enum
+import faulthandler
 import json
+import os
 import logging
 import signal
 import sys
@@ -46,7 +48,7 @@ from dit4dit.runtime.observation import ObservationBuilder, joint_indices
 from dit4dit.runtime.operator import OperatorInputs
 from dit4dit.runtime.recorder import RecordedFrame, TrialRecorder
 from dit4dit.runtime.safety import SafeRobot, SafetyLimits
-from dit4dit.runtime.watchdogs import robot_fault
+from dit4dit.runtime.watchdogs import RobotWatchdog
 
 log = logging.getLogger("dit4dit.robot")
 
@@ -105,6 +107,24 @@ class Counters:
     requests: int = 0
 
 
+DISCONNECT_TIMEOUT_S = 5.0
+
+
+def _call_with_timeout(fn: Any, timeout_s: float) -> bool:
+    """Run fn in a daemon thread; False if it did not finish in time (its exceptions are logged)."""
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            log.error("%s: %s", getattr(fn, "__qualname__", fn), e)
+
+    t = threading.Thread(target=run, name="shutdown", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return not t.is_alive()
+
+
 def smoothstep(u: float) -> float:
     u = min(1.0, max(0.0, u))
     return u * u * (3.0 - 2.0 * u)
@@ -129,6 +149,7 @@ class Controller:
         self.operator = operator
         self.safe = SafeRobot(robot, SafetyLimits.from_config(cfg.safety, 1.0 / cfg.rates.control_hz))
         self.kp, self.kd = cfg.robot.gains_arrays()
+        self.watchdog = RobotWatchdog(cfg.safety)
         self.start_pose = cfg.robot.start_pose_array()
         self.dt = 1.0 / cfg.rates.control_hz
         self.state = State.CONNECTING
@@ -142,6 +163,7 @@ class Controller:
         self._t0 = time.monotonic()
         self._signal: int | None = None
         self._stop_loop = threading.Event()
+        self.hung_shutdown = False
         # filled in connect()
         self.metadata: dict[str, Any] = {}
         self.action_idx = np.zeros(0, dtype=np.int64)
@@ -332,7 +354,7 @@ class Controller:
             elif ops.estop:
                 self._emergency(f"operator e-stop ({ops.estop})", ExitCode.ESTOP, now)
             else:
-                fault = robot_fault(st, self.cfg.safety)
+                fault = self.watchdog.check(st, now)
                 if fault is not None:
                     self._emergency(f"watchdog: {fault}", ExitCode.FAULT, now)
         if ops.success is not None and self.recorder is not None:
@@ -590,10 +612,12 @@ class Controller:
         if self.recorder is not None:
             saved = self.recorder.close()
             log.info("recorded episodes: %s", saved)
-        try:
-            self.robot.disconnect()
-        except Exception as e:  # noqa: BLE001
-            log.error("robot disconnect: %s", e)
+        # The robot is already damped here. G1Robot.disconnect closes its DDS channels, and CycloneDDS can
+        # deadlock when a reader is deleted while its listener thread runs (seen under load): never hang on it.
+        if not _call_with_timeout(self.robot.disconnect, DISCONNECT_TIMEOUT_S):
+            self.hung_shutdown = True
+            log.error("robot disconnect did not return within %.0f s (DDS channel close); exiting anyway, "
+                      "the robot was left damped", DISCONNECT_TIMEOUT_S)  # fmt: skip
         for cam in self.cameras.values():
             try:
                 cam.disconnect()
@@ -680,12 +704,18 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.STARTUP)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: ctl.request_stop(signum))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack to stderr
     code = ctl.run()
     summary = ctl.summary()
     log.info("summary %s", json.dumps(summary))
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=1)
+    if ctl.hung_shutdown:  # a DDS thread is stuck: interpreter teardown would hang on it too
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))
     return int(code)
 
 

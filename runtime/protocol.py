@@ -44,6 +44,8 @@ E_UNAUTHORIZED = "unauthorized"  # wrong or missing token
 E_UNKNOWN_ENDPOINT = "unknown_endpoint"
 E_INVALID = "invalid"  # a field has the wrong type, dtype, shape or size
 E_TOO_LARGE = "too_large"  # a message or field exceeds a limit
+E_EXPIRED = "expired"  # the request waited longer than its deadline_s; it was not run
+E_BUSY = "busy"  # too many infer requests already waiting; retry later
 E_INTERNAL = "internal"  # the policy failed; the server keeps serving
 
 

@@ -80,6 +80,7 @@ class PolicyServer:
         backend: str = "unknown",
         max_message_bytes: int = protocol.MAX_MESSAGE_BYTES,
         seed: int | None = None,
+        max_queue: int = 64,
     ) -> None:
         if token is not None and len(token) < 8:
             raise ValueError("--token must be at least 8 characters; a short shared secret is guessable")
@@ -89,6 +90,7 @@ class PolicyServer:
         self.bind = bind
         self.token = token
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self.backend = backend
         self.max_message_bytes = max_message_bytes
         self.metadata = dict(policy.metadata)
@@ -107,6 +109,7 @@ class PolicyServer:
         self._curve_keys = Path(curve_keys) if curve_keys is not None else None
         self._auth = None
         self._bound = threading.Event()
+        self._error: BaseException | None = None
         self.last_endpoint: str | None = None
         self.served = 0
 
@@ -117,9 +120,15 @@ class PolicyServer:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.MAXMSGSIZE, _HARD_FRAME_LIMIT)
         router.setsockopt(zmq.SNDHWM, 1000)
-        if self._curve_keys is not None:
-            self._setup_curve(router)
-        router.bind(self.bind)
+        try:
+            if self._curve_keys is not None:
+                self._setup_curve(router)
+            router.bind(self.bind)
+        except (zmq.ZMQError, OSError) as exc:
+            router.close(linger=0)
+            self._error = exc
+            self._bound.set()
+            return
         self.last_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         results = self._context.socket(zmq.PAIR)
         results.bind(f"inproc://results-{id(self)}")
@@ -162,6 +171,8 @@ class PolicyServer:
         thread.start()
         if not self._bound.wait(10):
             raise RuntimeError(f"server did not bind {self.bind} within 10 s")
+        if self._error is not None:
+            raise RuntimeError(f"cannot serve on {self.bind}: {self._error} (is another server using that address?)")
         return thread
 
     def stop(self) -> None:
@@ -213,6 +224,8 @@ class PolicyServer:
                     reset()
                 return envelope + [protocol.pack_reply(request.id, {})]
             if request.endpoint == "infer":
+                if self._jobs.qsize() >= self.max_queue:  # bounded: a flood cannot grow memory without limit
+                    raise ProtocolError("", f"{self._jobs.qsize()} infer requests are already waiting; retry later", protocol.E_BUSY)
                 self._jobs.put(_Pending(envelope, request, time.perf_counter()))
                 return None
             raise ProtocolError(
@@ -251,24 +264,46 @@ class PolicyServer:
                     batch.append(nxt)
                 started = time.perf_counter()
                 jobs: list[_Job] = []
-                for pending in batch:
+                for pending in self._drop_expired(batch, started, out):
                     t0 = time.perf_counter()
                     try:
                         jobs.append(self._prepare(pending, t0))
                     except ProtocolError as exc:
                         out.send_multipart(pending.envelope + [protocol.pack_error(pending.request.id, exc.code, exc.field, exc.detail)])
+                    except Exception as exc:  # a bug must not stop the inference thread for every robot
+                        log.exception("internal error preparing a request")
+                        reply = protocol.pack_error(pending.request.id, protocol.E_INTERNAL, "", f"{type(exc).__name__}: {exc}")
+                        out.send_multipart(pending.envelope + [reply])
                 for group in _group(jobs):
                     for pending, reply in self._run(group, started):
                         out.send_multipart(pending.envelope + [reply])
         finally:
             out.close(linger=0)
 
+    def _drop_expired(self, batch: list[_Pending], now: float, out: zmq.Socket) -> list[_Pending]:
+        """Requests whose client has given up (deadline_s passed while queued) are answered, not run:
+        under overload the GPU then works only on observations someone still waits for."""
+        live = []
+        for pending in batch:
+            deadline = pending.request.data.get("deadline_s")
+            waited = now - pending.received
+            if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and 0 < deadline < waited:
+                message = f"waited {waited:.3f} s in the queue, beyond its deadline_s {deadline:.3f}; not run"
+                out.send_multipart(pending.envelope + [protocol.pack_error(pending.request.id, protocol.E_EXPIRED, "deadline_s", message)])
+            else:
+                live.append(pending)
+        return live
+
     def _prepare(self, pending: _Pending, t0: float) -> _Job:
         """Decode and validate one infer request against the model's metadata."""
         data = pending.request.data
-        unknown = set(data) - {"observation", "seed", "prefix", "n_executing"}
+        unknown = set(data) - {"observation", "seed", "prefix", "n_executing", "deadline_s"}
         if unknown:
-            raise ProtocolError(sorted(map(str, unknown))[0], "unknown infer option; expected observation, seed, prefix, n_executing")
+            raise ProtocolError(sorted(map(str, unknown))[0],
+                                "unknown infer option; expected observation, seed, prefix, n_executing, deadline_s")
+        deadline = data.get("deadline_s")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < 3600):
+            raise ProtocolError("deadline_s", f"expected seconds in (0, 3600), got {deadline!r}")
         obs = protocol.decode_observation(data.get("observation"))
         for name in obs["images"]:
             if name not in self._cameras:
@@ -531,7 +566,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           backend=choice.backend, seed=args.seed)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
-    thread = server.start()
+    try:
+        thread = server.start()
+    except RuntimeError as exc:
+        raise SystemExit(f"dit4dit-serve: {exc}") from None
     # One line a supervisor (and the tests) can wait for.
     print(f"dit4dit-serve: serving {policy.metadata.get('model')} on {server.last_endpoint} with backend "
           f"{choice.backend} on {choice.device} ({choice.reason})", flush=True)

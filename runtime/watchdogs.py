@@ -24,8 +24,17 @@ def tilt_from_quat(quat_wxyz: Any) -> float:
 
 def robot_fault(state: Any, safety: Any) -> str | None:
     """Why the robot must be damped now, or None. ``state``: drivers.g1_robot.RobotState; ``safety``: SafetySection."""
+    return stale_fault(state, safety) or motion_fault(state, safety) or hardware_fault(state, safety)
+
+
+def stale_fault(state: Any, safety: Any) -> str | None:
     if state.age_s > safety.state_timeout_s:
         return f"robot state is {state.age_s * 1e3:.0f} ms old (limit {safety.state_timeout_s * 1e3:.0f} ms): state stream lost"
+    return None
+
+
+def motion_fault(state: Any, safety: Any) -> str | None:
+    """Tilt, IMU validity and joint speed: single readings can spike, so the controller debounces these."""
     tilt = tilt_from_quat(state.imu.quat)
     if math.isnan(tilt):
         return f"IMU quaternion invalid ({np.round(state.imu.quat, 3).tolist()}): cannot check tilt"
@@ -37,6 +46,11 @@ def robot_fault(state: Any, safety: Any) -> str | None:
     j = int(np.argmax(np.abs(dq)))
     if abs(dq[j]) > safety.max_joint_speed:
         return f"joint {j} speed {dq[j]:.1f} rad/s exceeds {safety.max_joint_speed:.1f} rad/s"
+    return None
+
+
+def hardware_fault(state: Any, safety: Any) -> str | None:
+    """Temperatures and motor error codes."""
     temp = np.asarray(state.temperature, dtype=np.float64)
     if temp.ndim == 2 and temp.shape[1] >= 2:
         casing, winding = temp[:, 0], temp[:, 1]
@@ -51,3 +65,27 @@ def robot_fault(state: Any, safety: Any) -> str | None:
         j = int(np.flatnonzero(err)[0])
         return f"motor {j} reports fault code {int(err[j]):#x}"
     return None
+
+
+class RobotWatchdog:
+    """robot_fault with a debounce on the motion checks: tilt / IMU / joint speed must persist for
+    ``safety.fault_persist_s`` (a single spiking sample does not damp the robot); a stale state stream,
+    temperatures and motor faults trip at once."""
+
+    def __init__(self, safety: Any) -> None:
+        self.safety = safety
+        self._motion_since: float | None = None
+
+    def check(self, state: Any, now: float) -> str | None:
+        reason = stale_fault(state, self.safety) or hardware_fault(state, self.safety)
+        if reason is not None:
+            return reason
+        motion = motion_fault(state, self.safety)
+        if motion is None:
+            self._motion_since = None
+            return None
+        if self._motion_since is None:
+            self._motion_since = now
+        if now - self._motion_since >= self.safety.fault_persist_s:
+            return motion
+        return None

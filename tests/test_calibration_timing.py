@@ -95,8 +95,10 @@ def test_injected_camera_latency_is_recovered_within_one_frame(live_sim) -> None
         print({k: round(v.camera_delay_s * 1e3, 1) for k, v in measured.items()},
               "ms camera delay; e2e", {k: round(v.end_to_end_s * 1e3, 1) for k, v in measured.items()})
         d0, d1 = measured[0.0].camera_delay_s, measured[0.1].camera_delay_s
-        assert abs(d1 - 0.1) < FRAME, f"injected 100 ms, measured {d1 * 1e3:.1f} ms (tolerance one frame)"
-        assert abs((d1 - d0) - 0.1) < FRAME, f"added 100 ms, delay grew by {(d1 - d0) * 1e3:.1f} ms"
+        # the injected 100 ms on top of the simulator's own pipeline delay, recovered within one frame
+        assert abs((d1 - d0) - 0.1) < FRAME, f"injected 100 ms, delay grew by {(d1 - d0) * 1e3:.1f} ms (> 1 frame off)"
+        # and the simulator's own pipeline (render, encode, stream) adds at most a frame or two by itself
+        assert -FRAME < d0 < 2 * FRAME, f"baseline camera delay {d0 * 1e3:.1f} ms"
         assert measured[0.1].end_to_end_s > measured[0.1].camera_delay_s  # processing comes on top
         assert measured[0.1].n_trials >= 3
     finally:

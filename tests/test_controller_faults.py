@@ -29,7 +29,10 @@ def rig(tmp_path, dds_domain):
 def test_misbehaving_server_never_moves_the_robot_outside_limits(rig: Rig) -> None:
     script = "good,nan,good,huge,good,wrong_shape,good,beyond_soft,good,short,good,error,good,inf,good,late,good,good"
     rig.start_bad_server(script, late_s=1.2)
-    cfg = rig.config(server={"timeout_s": 0.8}, safety={"server_hold_s": 1.0, "server_damp_s": 4.0})
+    # a slow arm (1 rad/s) so the soft-clamped 'beyond_soft' target is reached without the sim's light wrists
+    # overshooting past the joint-speed watchdog
+    cfg = rig.config(server={"timeout_s": 0.8},
+                     safety={"server_hold_s": 1.0, "server_damp_s": 4.0, "max_joint_velocity": 1.0})  # fmt: skip
     robot = rig.start_robot(cfg)
     robot.wait_for("READY -> RUNNING", 60)
     server = rig.procs[-2]
@@ -107,23 +110,20 @@ def test_camera_stale_holds_stops_asking_then_damps(rig: Rig) -> None:
     robot = rig.start_robot(cfg)
     robot.wait_for("READY -> RUNNING", 60)
     time.sleep(1.0)
+    mark = len(robot.text())  # (this loaded machine may have stalled the sim's camera already: look after here)
     control_request(rig.control, "set_camera_latency", seconds=1.5)  # every frame now arrives 1.5 s old
-    robot.wait_for("RUNNING -> HOLD: camera fault", 10)
+    robot.wait_for("RUNNING -> HOLD: camera fault", 10, after=mark)
     n_before = server.text().count("reply ")
     time.sleep(0.8)
     assert server.text().count("reply ") <= n_before + 1, "the policy was still asked with a faulty camera"
     control_request(rig.control, "set_camera_latency", seconds=0.0)
-    robot.wait_for("HOLD -> RUNNING: cameras fresh again", 10)
+    robot.wait_for("HOLD -> RUNNING: cameras fresh again", 10, after=mark)
     time.sleep(1.0)
     control_request(rig.control, "set_camera_latency", seconds=3.0)
     assert rig.wait_exit(30) == 4
     s = rig.summary()
-    t = assert_in_order(s, [
-        ("RUNNING", "HOLD", "camera fault"),
-        ("HOLD", "RUNNING", "cameras fresh again"),
-        ("RUNNING", "HOLD", "camera fault"),
-        ("HOLD", "STOPPING", "camera fault"),
-        ("STOPPING", "DAMPED", "damping in force"),
-    ])  # fmt: skip
-    assert 2.0 <= t[3] - t[2] <= 2.6, f"damped {t[3] - t[2]:.2f} s after the camera fault; configured 2.0 s"
+    assert states(s)[-4:] == ["RUNNING", "HOLD", "STOPPING", "DAMPED"]
+    hold, damp = s["states"][-3][0], s["states"][-2][0]
+    assert "camera fault" in s["states"][-3][3] and "camera fault" in s["states"][-2][3]
+    assert 2.0 <= damp - hold <= 2.6, f"damped {damp - hold:.2f} s after the camera fault; configured 2.0 s"
     assert_commands_within_limits(rig.commands(), cfg)

@@ -17,7 +17,7 @@ from dit4dit.drivers.remote import Remote
 from dit4dit.runtime.config import parse_config
 from dit4dit.runtime.observation import Observation, joint_indices
 from dit4dit.runtime.operator import KeyboardListener, OperatorInputs
-from dit4dit.runtime.watchdogs import robot_fault, tilt_from_quat
+from dit4dit.runtime.watchdogs import RobotWatchdog, robot_fault, tilt_from_quat
 
 SAFETY = parse_config({}).safety
 N = g1_spec.NUM_JOINTS
@@ -61,6 +61,16 @@ def test_robot_faults(change: dict, needle: str) -> None:
     assert robot_fault(robot_state(), SAFETY) is None
     reason = robot_fault(robot_state(**change), SAFETY)
     assert reason is not None and needle in reason, reason
+
+
+def test_watchdog_debounces_motion_but_not_staleness() -> None:
+    wd = RobotWatchdog(SAFETY)  # fault_persist_s 0.01
+    fast = robot_state(dq=np.r_[np.zeros(20), 7.0, np.zeros(8)])
+    assert wd.check(fast, 10.0) is None  # one spiking sample
+    assert wd.check(robot_state(), 10.002) is None  # gone again: debounce restarts
+    assert wd.check(fast, 10.004) is None
+    assert "speed" in (wd.check(fast, 10.015) or "")
+    assert "state stream lost" in (RobotWatchdog(SAFETY).check(robot_state(age_s=0.5), 0.0) or "")
 
 
 def test_stale_image_is_never_sent() -> None:

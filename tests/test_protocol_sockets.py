@@ -304,3 +304,52 @@ def test_client_rejects_bad_arguments_before_sending() -> None:
             client.infer(observation(), n_executing=2)
         with pytest.raises(ValueError, match="seed"):
             client.infer(observation(), seed=-1)
+
+
+def test_a_flood_of_requests_gets_busy_replies_not_unbounded_memory(make_server) -> None:
+    policy = StandInPolicy(delay_s=0.05)
+    _, endpoint = make_server(policy, max_queue=4)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        payload = protocol.pack_request(1, "infer", {"observation": protocol.encode_observation(observation())})
+        for _ in range(20):
+            sock.send(payload)
+        codes = []
+        for _ in range(20):
+            assert sock.poll(5000)
+            reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+            codes.append("ok" if reply["ok"] else reply["error"]["code"])
+    finally:
+        sock.close()
+    assert codes.count("busy") >= 10 and codes.count("ok") >= 4, codes
+
+
+def test_requests_past_their_deadline_are_not_run(make_server) -> None:
+    policy = StandInPolicy(delay_s=0.4)
+    _, endpoint = make_server(policy)
+    slow_done = threading.Event()
+
+    def occupy() -> None:
+        with PolicyClient(endpoint, timeout_s=5.0) as c:
+            c.infer(observation())
+        slow_done.set()
+
+    occupier = threading.Thread(target=occupy)
+    occupier.start()
+    time.sleep(0.1)  # the server is now busy for ~0.3 s more
+    with PolicyClient(endpoint, timeout_s=0.1) as impatient:
+        with pytest.raises(ServerTimeout):
+            impatient.infer(observation())
+    occupier.join(5)
+    assert slow_done.is_set()
+    time.sleep(0.2)
+    assert policy.calls == 1, "the expired request was run anyway"
+
+
+def test_address_in_use_is_a_clear_error(make_server, free_port: int) -> None:
+    make_server()
+    second = PolicyServer(StandInPolicy(), f"tcp://127.0.0.1:{free_port}")
+    with pytest.raises(RuntimeError, match="another server"):
+        second.start()

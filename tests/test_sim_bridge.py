@@ -432,8 +432,8 @@ def test_dex3_hands_over_dds(dds_domain, free_port, tmp_path):
         assert s.stop() == 0, s.log.read_text()[-3000:]
 
 
-def test_cli_help_and_clear_errors(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "dit4dit.drivers.sim.cli", *a],
+def test_cli_help_and_clear_errors(tmp_path, dds_domain):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dit4dit.drivers.sim.cli", "--domain", str(dds_domain), *a],
                                     capture_output=True, text=True, timeout=120, check=False,
                                     env={k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")})
     h = run("--help")
@@ -452,6 +452,14 @@ def test_cli_help_and_clear_errors(tmp_path):
 
     h = run("--hands", "--model", str(g1_model.MODEL_PATH), "--control-port", "0", "--no-cameras")
     assert h.returncode == 2 and "has no Dex3 hands" in h.stderr
+    with socket.socket() as busy:  # a port someone else holds
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        b = run("--no-cameras", "--control-port", port)
+        assert b.returncode == 2 and "cannot bind" in b.stderr and "--control-port" in b.stderr
+        b = run("--camera-port", port, "--control-port", "0")
+        assert b.returncode == 2 and "cannot bind" in b.stderr
 
 
 def test_keyboard_toggles_remote_keys(dds_domain, free_port, tmp_path):

@@ -72,10 +72,27 @@ def test_training_is_deterministic_and_resume_repeats_the_run(tmp_path) -> None:
 
 def test_ablation_trains_from_the_cli(tmp_path) -> None:
     out = tmp_path / "ablation.pt"
-    assert train(out, "--steps", "3", "--tokenizer-steps", "2", "--ablation", "image_features") == 0
+    assert train(out, "--steps", "3", "--tokenizer-steps", "2", "--ablation", "image_features",
+                 "--save-components", str(tmp_path / "parts")) == 0
     policy = Policy.from_checkpoint(out)
     assert policy.cfg.conditioning == "image_features"
     assert policy.metadata["training"]["conditioning"] == "image_features"
+    # the trained tokenizer and text encoder seed another run (as a large preset would load them), text frozen
+    out2 = tmp_path / "reuse.pt"
+    assert train(out2, "--steps", "2", "--override", f"tokenizer_path={tmp_path / 'parts' / 'frame_tokenizer.pt'}",
+                 "--override", f"text_encoder_path={tmp_path / 'parts' / 'text_encoder.pt'}") == 0
+    a, b = read_checkpoint(out)["state_dict"], read_checkpoint(out2)["state_dict"]
+    for k in a:
+        if k.startswith(("tokenizer.", "text.")):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_bf16_autocast_trains(tmp_path) -> None:
+    out = tmp_path / "bf16.pt"
+    assert train(out, "--steps", "2", "--tokenizer-steps", "1", "--precision", "bf16") == 0
+    state = read_checkpoint(out)["state_dict"]
+    assert all(v.dtype == torch.float32 for k, v in state.items() if v.is_floating_point())  # weights stay fp32
+    assert np.isfinite(read_checkpoint(out)["metadata"]["training"]["final_loss"]["loss"])
 
 
 def test_cli_errors_are_clear(tmp_path, capsys) -> None:
@@ -86,6 +103,9 @@ def test_cli_errors_are_clear(tmp_path, capsys) -> None:
     assert train(tmp_path / "x.pt", "--steps", "1", "--flow", "action_repeats=2") == 2
     assert "unknown --flow keys" in capsys.readouterr().err
     assert train(tmp_path / "x.pt", "--steps", "1", "--resume") == 2
+    assert "no training state" in capsys.readouterr().err
+    assert train_main(["--data", "synthetic:moving_dot", "--preset", "paper", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "loads its frame tokenizer and text encoder from local files" in capsys.readouterr().err
     assert "no training state" in capsys.readouterr().err
     assert train_main(["--data", "synthetic:spinning_top", "--preset", "tiny", "--out", str(tmp_path / "x.pt")]) == 2
     assert "unknown synthetic task" in capsys.readouterr().err

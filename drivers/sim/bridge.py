@@ -106,6 +106,7 @@ class BridgeStats:
     lowcmd_received: int = 0
     lowcmd_bad_crc: int = 0
     lowcmd_bad_mode_machine: int = 0
+    lowcmd_mode_pr_ab: int = 0  # accepted, but applied as PR (the model has serial pitch/roll joints)
     arm_sdk_received: int = 0
     hand_cmd_received: int = 0
     hand_state_published: int = 0
@@ -169,7 +170,6 @@ class SimBridge:
         self._started = False
         self._tick_ms = 0
         self._tick_step_ms = max(1, round(sim.model.opt.timestep * 1000))
-        self._last_step_wall = 0.0
         self._viewer = None
         self._warned: set[str] = set()
 
@@ -207,7 +207,8 @@ class SimBridge:
                 pub.Init()
                 self._hand_pubs[side] = pub
         try:
-            self._cameras = [_CameraWorker(c, cfg.host, cfg.jpeg_quality) for c in cfg.cameras]
+            for c in cfg.cameras:  # one by one, so close() releases the ones bound before a failure
+                self._cameras.append(_CameraWorker(c, cfg.host, cfg.jpeg_quality))
             if cfg.control_port:
                 self._control = self._ctx.socket(zmq.REP)
                 self._control.setsockopt(zmq.LINGER, 0)
@@ -265,6 +266,10 @@ class SimBridge:
             self._warn_once("mm", f"ignoring rt/lowcmd with mode_machine {msg.mode_machine}; this G1 reports "
                                   f"{self.config.mode_machine} (copy it from rt/lowstate)")
             return
+        if msg.mode_pr != 0:
+            st.lowcmd_mode_pr_ab += 1
+            self._warn_once("ab", "rt/lowcmd has mode_pr=1 (AB: raw ankle/waist motors A/B); the sim models those "
+                                  "joints as pitch/roll (PR) and applies the command as PR. Use mode_pr=0.")
         q, dq, kp, kd, tau, enabled = _motor_arrays(msg)
         try:
             self.sim.set_command(q, kp, kd, dq=dq, tau=tau, enabled=enabled)

@@ -100,37 +100,49 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds of wall time")
     run.add_argument("--keyboard", action="store_true", help="wireless-remote keys from this terminal (toggles: "
                      + ", ".join(f"{k}={v}" for k, v in KEY_MAP.items()) + ", space = release all)")
-    run.add_argument("--viewer", action="store_true", help="open MuJoCo's interactive viewer (needs a display)")
+    run.add_argument("--viewer", action="store_true",
+                     help="open MuJoCo's interactive viewer (needs a display); the --keyboard keys work in it too")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
-def _keyboard_thread(bridge, stop: threading.Event) -> threading.Thread:
-    """Toggle remote keys from a terminal in cbreak mode (no Enter needed)."""
+class RemoteToggler:
+    """Key presses -> held remote buttons (each key toggles its button; space releases all)."""
+
+    def __init__(self, bridge) -> None:
+        self.bridge = bridge
+        self.held: set[str] = set()
+
+    def press(self, ch: str) -> bool:
+        from dit4dit.drivers.remote import Remote
+
+        ch = ch.lower()
+        if ch == " ":
+            self.held.clear()
+        elif ch in KEY_MAP:
+            self.held ^= {KEY_MAP[ch]}
+        else:
+            return False
+        self.bridge.set_remote(Remote.from_buttons(sorted(self.held)))
+        return True
+
+
+def _keyboard_thread(toggler: RemoteToggler, stop: threading.Event) -> threading.Thread:
+    """Read keys from a terminal in cbreak mode (no Enter needed)."""
     import select
     import termios
     import tty
 
-    from dit4dit.drivers.remote import Remote
-
     def run() -> None:
         fd = sys.stdin.fileno()
         old = termios.tcgetattr(fd)
-        held: set[str] = set()
         try:
             tty.setcbreak(fd)
             while not stop.is_set():
                 if not select.select([sys.stdin], [], [], 0.1)[0]:
                     continue
-                ch = sys.stdin.read(1).lower()
-                if ch == " ":
-                    held.clear()
-                elif ch in KEY_MAP:
-                    held ^= {KEY_MAP[ch]}
-                else:
-                    continue
-                bridge.set_remote(Remote.from_buttons(sorted(held)))
-                print(f"\rremote: {'+'.join(sorted(held)) or '(none)'}        ", end="", flush=True)
+                if toggler.press(sys.stdin.read(1)):
+                    print(f"\rremote: {'+'.join(sorted(toggler.held)) or '(none)'}        ", end="", flush=True)
         finally:
             termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
@@ -144,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's import-time INFO chatter
     if args.viewer:
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             parser.error("--viewer needs a display, and neither DISPLAY nor WAYLAND_DISPLAY is set; run without "
@@ -195,12 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"dit4dit-sim: {e}", file=sys.stderr)
         return 2
+    toggler = RemoteToggler(bridge)
     if args.viewer:
         import mujoco.viewer
 
-        bridge.attach_viewer(mujoco.viewer.launch_passive(sim.model, sim.data))
+        def on_key(keycode: int) -> None:  # GLFW key codes of letters/digits/space are their ASCII codes
+            if 0 < keycode < 128:
+                toggler.press(chr(keycode))
+
+        bridge.attach_viewer(mujoco.viewer.launch_passive(sim.model, sim.data, key_callback=on_key))
     if args.keyboard:
-        _keyboard_thread(bridge, stop)
+        _keyboard_thread(toggler, stop)
     streams = ", ".join(f"{c.name} {c.width}x{c.height}@{c.fps:g} tcp://{args.host}:{c.port}" for c in cameras) or "none"
     control = f"tcp://{args.host}:{args.control_port}" if args.control_port else "none"
     hands = "Dex3 (rt/dex3/*)" if args.hands else "rubber"

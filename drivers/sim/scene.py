@@ -263,7 +263,7 @@ def _tabletop_xml() -> tuple[str, str]:
     leg_h = (TABLE_TOP_Z - TABLE_THICKNESS) / 2
     legs = "".join(
         f'<geom type="box" size="0.025 0.025 {leg_h:.4f}" pos="{sx * (TABLE_DEPTH / 2 - 0.04):.4f} '
-        f'{sy * (TABLE_WIDTH / 2 - 0.04):.4f} {leg_h - TABLE_TOP_Z + TABLE_THICKNESS / 2 - TABLE_THICKNESS:.4f}" '
+        f'{sy * (TABLE_WIDTH / 2 - 0.04):.4f} {leg_h - top:.4f}" '
         f'material="table_mat" {c}/>'
         for sx in (-1, 1) for sy in (-1, 1)
     )
@@ -457,6 +457,7 @@ class JointCommand:
 
     @classmethod
     def make(cls, q, kp, kd, dq=None, tau=None, enabled=None, n: int = g1_spec.NUM_JOINTS) -> JointCommand:
+        """Validated command arrays; scalars broadcast; missing dq/tau are zero."""
 
         def arr(x, default: float, what: str) -> np.ndarray:
             a = np.full(n, default, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
@@ -517,9 +518,7 @@ class G1Sim:
         self._act = self._map_actuators()
         self._effort = g1_spec.EFFORT.copy()
         self._sens = {n: self._sensor_slice(n) for n in ("imu_quat", "imu_gyro", "imu_acc")}
-        self._pelvis = m.body(g1_model.PELVIS_BODY).id
-        self._free_objects = [n for n in FREE_OBJECTS if self._has_body(n)]
-        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._renderers: dict[tuple[int, int, int], mujoco.Renderer] = {}
         self._stand = stand_command()
         self._lowcmd: JointCommand | None = None
         self._arm_sdk: JointCommand | None = None
