@@ -177,7 +177,7 @@ def main() -> int:
             if mm == m:
                 in_mode |= (t_acc >= t0 + window) & (t_acc < t1)  # skip the switch-over itself
         b, wi = acc[in_mode & near], acc[in_mode & ~near]
-        n_chunks = sum(1 for ta, am in zip(arrivals, arr_mode) if am == m and any(t0 + window <= ta < t1 for t0, t1, mm in bounds if mm == m))
+        n_chunks = sum(1 for ta, am in zip(arrivals, arr_mode, strict=True) if am == m and any(t0 + window <= ta < t1 for t0, t1, mm in bounds if mm == m))
         if len(b) and len(wi):
             print(f"| {m:<6} | {n_chunks:>6d} | {b.max():13.1f} | {wi.max():11.1f} | {pct(b, 99):12.1f} | {pct(wi, 99):10.1f} | {b.max() / wi.max():10.2f} |")
     print(f"\nlogs: {tmp}")

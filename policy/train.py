@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flow", action="append", default=[], metavar="KEY=VALUE",
                    help="flow config override, e.g. --flow action_trains_video=false --flow action_noise_repeats=8")
     p.add_argument("--synthetic-episodes", type=int, default=32)
+    p.add_argument("--val-episodes", type=int, default=0, metavar="N",
+                   help="hold out the last N episodes; at the end, report the sampled chunks' error on them (and on "
+                        "training episodes) in the log and the checkpoint's training metadata")
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--save-components", metavar="DIR", default=None,
                    help="also write the trained frame tokenizer and text encoder (with its vocabulary) to DIR, "
@@ -155,8 +158,9 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
+            if k in trainable:  # frozen parts and buffers are copied verbatim (an average would drift them by rounding)
                 self.shadow[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
             else:
                 self.shadow[k].copy_(v)
@@ -213,6 +217,31 @@ def make_batch(data: TrainingData, latents: torch.Tensor, text: torch.Tensor, st
     }
 
 
+@torch.no_grad()
+def evaluate_actions(model: DiT4DiT, data: TrainingData, vocab: Vocabulary, state_norm: Normalizer,
+                     action_norm: Normalizer, max_samples: int = 512, batch: int = 64) -> float:
+    """Mean absolute error (physical units) of chunks sampled from zero noise against the recorded actions, over
+    up to `max_samples` evenly spaced frames: the same path as Policy.infer, minus image resizing."""
+    cfg, device = model.cfg, model.extraction_noise.device
+    model.eval()
+    index = np.linspace(0, data.num_frames - 1, num=min(max_samples, data.num_frames)).astype(np.int64)
+    errors = []
+    for i in range(0, len(index), batch):
+        idx = index[i : i + batch]
+        w = data.windows(idx, cfg.context_frames, cfg.future_frames, cfg.future_stride, cfg.chunk_length)
+        frames = frames_tensor(data.frames[w["context"].reshape(-1)]).to(device)
+        frames = frames.reshape(len(idx), cfg.context_frames, *frames.shape[1:])  # (B, Tc, 3, S, S)
+        tokens = torch.from_numpy(vocab.encode([data.episodes[e].instruction for e in w["episode"]])).to(device)
+        state = torch.from_numpy(state_norm.normalize(data.state[idx])).to(device)
+        text, mask = model.text(tokens)
+        features = model.condition(model.encode_frames(frames), text, mask)
+        zeros = torch.zeros(len(idx), cfg.chunk_length, cfg.action_dim, device=device)
+        actions = model.sample_actions(features, state, zeros, zeros, zeros[..., 0])
+        pred = action_norm.unnormalize(actions.float().cpu().numpy())
+        errors.append(np.abs(pred - data.action[w["actions"]]).mean(axis=(1, 2)))
+    return float(np.concatenate(errors).mean())
+
+
 def resume_path(out: Path) -> Path:
     return out.with_name(out.stem + ".resume.pt")
 
@@ -241,15 +270,25 @@ def train(args: argparse.Namespace) -> int:
     data = load_training_data(args.data, image_size, args.camera, seed=args.seed,
                               synthetic_episodes=args.synthetic_episodes)
     cfg = build_config(args, data)
+    val_data = None
+    if args.val_episodes:
+        if not 0 < args.val_episodes < len(data.episodes):
+            raise TrainError(f"--val-episodes {args.val_episodes} must leave at least one of the "
+                             f"{len(data.episodes)} episodes for training")
+        split = len(data.episodes) - args.val_episodes
+        val_data = TrainingData(data.episodes[split:], data.state_names, data.action_names, data.fps,
+                                data.source + " (held out)", data.camera)
+        data = TrainingData(data.episodes[:split], data.state_names, data.action_names, data.fps, data.source,
+                            data.camera)
+    if cfg.requires_pretrained and not (cfg.tokenizer_path and cfg.text_encoder_path):
+        raise TrainError(f"the {cfg.preset} preset loads its frame tokenizer and text encoder from local files: pass "
+                         f"--override tokenizer_path=PATH --override text_encoder_path=PATH (files written by "
+                         f"dit4dit-train --save-components); nothing is downloaded")
     if cfg.image_size != data.frames.shape[1]:
         raise TrainError(f"frames are {data.frames.shape[1]} px but the model takes {cfg.image_size}")
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     model = DiT4DiT(cfg).to(device)
-    if cfg.requires_pretrained and not (cfg.tokenizer_path and cfg.text_encoder_path):
-        raise TrainError(f"the {cfg.preset} preset loads its frame tokenizer and text encoder from local files: pass "
-                         f"--override tokenizer_path=PATH --override text_encoder_path=PATH (files written by "
-                         f"dit4dit-train --save-components); nothing is downloaded")
     if cfg.text_encoder_path:  # a pretrained text encoder stays frozen, as the paper's
         blob = load_component(model.text, "text_encoder", cfg.text_encoder_path)
         vocab = Vocabulary(blob["vocab"], cfg.max_text_len)
@@ -279,6 +318,7 @@ def train(args: argparse.Namespace) -> int:
     ema = EMA(model, args.ema)
     step = 0  # counts tokenizer steps, then policy steps
     history: list[dict[str, float]] = []
+    metrics: dict[str, Any] = {}
 
     if args.resume:
         rp = resume_path(out)
@@ -314,7 +354,7 @@ def train(args: argparse.Namespace) -> int:
             "tokenizer_steps": tokenizer_steps, "batch_size": args.batch_size, "world_size": world, "seed": args.seed,
             "lr": args.lr, "ema": args.ema, "conditioning": cfg.conditioning, "flow": cfg.flow.to_dict(),
             "camera_source": data.camera, "wall_time_s": round(time.time() - started, 1),
-            "final_loss": history[-1] if history else None, "complete": final,
+            "final_loss": history[-1] if history else None, "complete": final, **metrics,
         }
         metadata = build_metadata(cfg, state_names=data.state_names, action_names=data.action_names,
                                   state_norm=state_norm, action_norm=action_norm, control_rate_hz=data.fps,
@@ -403,14 +443,24 @@ def train(args: argparse.Namespace) -> int:
         throughput = float("nan")
     if progress:
         progress.close()
+    if rank == 0 and val_data is not None and step >= total:
+        averaged = DiT4DiT(cfg).to(device)  # the EMA weights, as in the checkpoint
+        averaged.load_state_dict(ema.shadow)
+        for name, split_data in (("train", data), ("val", val_data)):
+            metrics[f"{name}_action_mae"] = evaluate_actions(averaged, split_data, vocab, state_norm, action_norm)
+        print(f"dit4dit-train: sampled-chunk mean abs error (physical units, zero noise): "
+              f"train {metrics['train_action_mae']:.4f}, held-out {metrics['val_action_mae']:.4f} "
+              f"({args.val_episodes} episodes)", file=sys.stderr)
     save(final=step >= total)
     if rank == 0 and args.save_components:
         folder = Path(args.save_components)
         folder.mkdir(parents=True, exist_ok=True)
         arch = {k: getattr(cfg, k) for k in ("tokenizer_width", "tokenizer_levels", "latent_channels", "image_size",
                                              "vocab_size", "max_text_len", "text_width", "text_depth", "text_heads")}
-        save_component(model.tokenizer, "frame_tokenizer", arch, folder / "frame_tokenizer.pt")
-        save_component(model.text, "text_encoder", arch, folder / "text_encoder.pt", vocab=vocab.tokens)
+        averaged = DiT4DiT(cfg)  # the EMA weights, as in the checkpoint
+        averaged.load_state_dict({k: v.cpu() for k, v in ema.shadow.items()})
+        save_component(averaged.tokenizer, "frame_tokenizer", arch, folder / "frame_tokenizer.pt")
+        save_component(averaged.text, "text_encoder", arch, folder / "text_encoder.pt", vocab=vocab.tokens)
     if world > 1:
         dist.barrier()
     if rank == 0:

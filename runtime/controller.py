@@ -158,6 +158,7 @@ class Controller:
         self.counters = Counters()
         self.loop = LoopStats(tick_starts=[] if record_timing else None, tick_work_s=[] if record_timing else None)
         # with record_timing (bench/bench_control_loop.py): (tick time, requested target) and accepted chunks
+        # (tick time it took effect, observation time, blend mode)
         self.trace_targets: list[tuple[float, np.ndarray]] | None = [] if record_timing else None
         self.trace_chunks: list[tuple[float, float, str]] | None = [] if record_timing else None
         self._t0 = time.monotonic()
@@ -242,7 +243,7 @@ class Controller:
         policy_cams = {n: self.cameras[n] for n in md.get("cameras", {})}
         max_age = {n: cfg.cameras[n].max_age_s for n in self.cameras}
         try:
-            for name, cam in self.cameras.items():
+            for cam in self.cameras.values():
                 cam.connect()
         except CameraError as e:
             raise StartupError(str(e)) from None
@@ -313,6 +314,11 @@ class Controller:
                          f"blending from the measured pose to the start pose over {self.cfg.safety.ramp_in_s:.1f} s", now)
         try:
             self._loop()
+        except Exception:  # a bug must still leave the robot damped, and say so
+            log.exception("controller loop failed; damping")
+            if not self.safe.damped:
+                self.safe.damp()
+            self.exit_code = ExitCode.FAULT
         finally:
             self._shutdown()
         return self.exit_code
@@ -554,7 +560,7 @@ class Controller:
             return False
         self.counters.chunks_accepted += 1
         if self.trace_chunks is not None:
-            self.trace_chunks.append((max(now, out.t_arrival), out.request.t_obs, self.scheduler.blend))
+            self.trace_chunks.append((now, out.request.t_obs, self.scheduler.blend))  # the tick it took effect
         self._last_good = now
         log.debug("chunk accepted: delay %.0f ms, %d stale rows dropped", acc.delay_s * 1e3, acc.dropped)
         return True

@@ -125,7 +125,8 @@ class InProcessEvaluator:
 
         self.state_idx = [g1_spec.joint_index(n) for n in md["state_names"]]
         self.action_idx = [g1_spec.joint_index(n) for n in md["action_names"]]
-        self.execution_horizon = execution_horizon
+        # Ask for the next chunk half-way through the current one at the latest (a short chunk would run dry).
+        self.execution_horizon = max(1, min(execution_horizon, self.policy.chunk_length // 2))
         self.blend = blend
         self.sim = G1Sim()
 
@@ -233,7 +234,8 @@ class _Proc:
 
 
 def _deploy_yaml(*, domain: int, camera_port: int, server_port: int, instruction: str, hz: float,
-                 duration_s: float, cam_hw: tuple[int, int], action_names: Sequence[str], seed: int) -> dict:
+                 duration_s: float, cam_hw: tuple[int, int], action_names: Sequence[str], seed: int,
+                 chunk_length: int = 16) -> dict:
     """The controller config for one evaluation episode: the shipped deploy.yaml's defaults, pointed at our
     processes, at the policy's rate and image size, with a short ramp (the sim starts at the start pose)."""
     return {
@@ -242,7 +244,7 @@ def _deploy_yaml(*, domain: int, camera_port: int, server_port: int, instruction
                              "height": cam_hw[0], "fps": 30, "max_age_s": 0.5}},
         "server": {"address": f"tcp://127.0.0.1:{server_port}", "timeout_s": 2.0, "connect_timeout_s": 120.0,
                    "seed": seed},
-        "rates": {"policy_hz": hz, "execution_horizon": 8},
+        "rates": {"policy_hz": hz, "execution_horizon": max(1, min(8, chunk_length // 2))},
         # Watchdogs looser than the robot default: a shared CPU may stall the simulator's 500 Hz stream for
         # longer than 100 ms, which on the robot means a lost link but here only a busy machine.
         "safety": {"ramp_in_s": 1.0, "ramp_out_s": 1.0, "damp_hold_s": 0.3, "server_hold_s": 2.5,
@@ -331,7 +333,8 @@ class RuntimeEvaluator:
         self.control("reset", seed=int(seed), task=task_name)
         cfg = _deploy_yaml(domain=self.domain, camera_port=self.camera_port, server_port=self.server_port,
                            instruction=task.instruction, hz=self.hz, duration_s=task.duration_s, cam_hw=self.cam_hw,
-                           action_names=self.metadata["action_names"], seed=int(seed))
+                           action_names=self.metadata["action_names"], seed=int(seed),
+                           chunk_length=int(self.metadata["chunk_length"]))
         cfg_path = self.log_dir / f"deploy_{task_name}_{seed}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         log_path = self.log_dir / f"robot_{task_name}_{seed}.log"

@@ -180,7 +180,7 @@ def decode_image(obj: Any, field: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np
         data = obj["jpeg"]
         if not isinstance(data, (bytes, bytearray)):
             raise ProtocolError(f"{field}.jpeg", f"expected binary JPEG data, got {_kind(data)}")
-        height, width = jpeg_size(bytes(data[:65536]), f"{field}.jpeg")
+        height, width = jpeg_size(bytes(data), f"{field}.jpeg")
         if height * width > max_pixels:
             raise ProtocolError(
                 f"{field}.jpeg", f"declares {height}x{width} pixels, above the limit of {max_pixels}", E_TOO_LARGE

@@ -126,6 +126,9 @@ class PolicyServer:
             router.bind(self.bind)
         except (zmq.ZMQError, OSError) as exc:
             router.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self._context.term()
             self._error = exc
             self._bound.set()
             return
@@ -559,9 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy, choice = load_policy(args.ckpt, backend=args.backend, device=args.device, engines_dir=args.engines)
     except (BackendError, CheckpointError, ParityError) as exc:
         raise SystemExit(f"dit4dit-serve: {exc}") from None
-    batch, single, per_item = measure_batching(policy, args.max_batch)
+    max_batch = min(args.max_batch, int(getattr(policy.engine, "max_batch", args.max_batch)))  # TensorRT profiles cap it
+    batch, single, per_item = measure_batching(policy, max_batch)
     log.info("batching: %.1f ms per request alone, %.1f ms per request in a batch of %d -> max batch %d",
-             single * 1e3, per_item * 1e3, args.max_batch, batch)
+             single * 1e3, per_item * 1e3, max_batch, batch)
     server = PolicyServer(policy, args.bind, token=args.token, curve_keys=args.curve_keys, max_batch=batch,
                           backend=choice.backend, seed=args.seed)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())

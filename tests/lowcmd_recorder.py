@@ -65,7 +65,7 @@ def main() -> int:
     thread.join(2.0)
     data = sorted(rows, key=lambda r: r[0])
     if data:
-        t, q, dq, tau, kp, kd, mode, weight = (np.array(c) for c in zip(*data))
+        t, q, dq, tau, kp, kd, mode, weight = (np.array(c) for c in zip(*data, strict=True))
     else:
         t = weight = np.zeros(0)
         q = dq = tau = kp = kd = mode = np.zeros((0, N))

@@ -65,6 +65,8 @@ def test_defaults_are_valid() -> None:
         ({"server": {"address": "127.0.0.1:5555"}}, ["server.address", "tcp://"]),
         ({"teleop": {"device": "zmq"}}, ["teleop", "endpoint"]),
         ({"rates": {"policy_hz": 30, "execution_horizon": 30}}, ["server_hold_s", "execution_horizon"]),
+        ({"robot": {"gains": {"waist": {"kp": 400, "kd": 5}}}}, ["robot.gains.waist", "safety.max_kp"]),
+        ({"safety": {"soft_limit_fraction": 0.3}}, ["default start pose", "left_hip_roll_joint", "soft limits"]),
         ([1, 2], ["mapping"]),
     ],
 )
@@ -89,5 +91,7 @@ def test_load_config_file_errors(tmp_path: Path) -> None:
 
 def test_config_is_immutable() -> None:
     cfg = parse_config({})
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.safety.max_step = 1.0  # type: ignore[misc]

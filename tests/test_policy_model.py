@@ -223,3 +223,17 @@ def test_pretrained_components_load_from_local_files_only(tmp_path) -> None:
     wrong = DiT4DiT(tiny(latent_channels=8))
     with pytest.raises(PretrainedComponentError, match="does not match"):
         load_component(wrong.tokenizer, "frame_tokenizer", tmp_path / "tok.pt")
+
+
+@pytest.mark.parametrize("temporal_patch", [1, 2])
+def test_patchify_round_trip(temporal_patch: int) -> None:
+    cfg = tiny(context_frames=2, future_frames=2, temporal_patch=temporal_patch)
+    video = DiT4DiT(cfg).video
+    latents = torch.randn(2, 4, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    tokens = video.patchify(latents)
+    assert tokens.shape == (2, 4 // temporal_patch * cfg.tokens_per_frame, video.patch_dim)
+    torch.testing.assert_close(video.unpatchify(tokens, 4), latents, rtol=0, atol=0)
+    # the token of latent frame-group 0, patch (0, 0) holds exactly that patch's values
+    p = cfg.patch_size
+    first = latents[0, :temporal_patch, :, :p, :p].permute(0, 2, 3, 1).reshape(-1)
+    torch.testing.assert_close(tokens[0, 0], first, rtol=0, atol=0)

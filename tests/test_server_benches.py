@@ -1,0 +1,35 @@
+"""The benchmarks behind the transport and backend tables still run (tiny settings; no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_transport_prints_its_table() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_transport.py"), "--n", "20", "--warmup", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("dit4dit ZeroMQ DEALER/ROUTER, raw uint8", "openpi-style websocket + msgpack, raw"):
+        assert row in proc.stdout
+
+
+def test_bench_backends_prints_its_table() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_backends.py"), "--device", "cpu", "--presets", "tiny",
+                           "--backends", "eager", "--repeats", "2", "--warmup", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| tiny | eager |" in proc.stdout and "1.000000" in proc.stdout
+
+
+def test_make_curve_keys_cli(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.runtime.server", "--make-curve-keys", str(tmp_path / "keys"),
+                           "--clients", "robot1,robot2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    names = {p.name for p in (tmp_path / "keys").iterdir()}
+    assert {"server.key", "server.key_secret", "robot1.key_secret", "robot2.key_secret", "authorized"} <= names
+    assert {p.name for p in (tmp_path / "keys" / "authorized").iterdir()} == {"robot1.key", "robot2.key"}
+    assert (tmp_path / "keys" / "server.key_secret").stat().st_mode & 0o077 == 0  # secrets are private
