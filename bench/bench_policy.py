@@ -33,7 +33,8 @@ def fmt_params(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def timed(fn, repeats: int, device: torch.device, warmup: int = 3) -> float:
+def timed(fn, repeats: int, device: torch.device, warmup: int = 3) -> tuple[float, float]:
+    """Median wall time and median process CPU time (all threads) per call, in seconds."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -41,13 +42,14 @@ def timed(fn, repeats: int, device: torch.device, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     sync()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def inputs(cfg, B: int, device: torch.device, dtype: torch.dtype):
@@ -81,7 +83,7 @@ def main() -> None:
     table = Table(title=f"DiT4DiT presets ({where}, batch 1, {args.dtype}, conditioning={args.conditioning}, "
                         f"torch {torch.__version__})")
     for col in ("preset", "total params", "video DiT", "action DiT", "condition tokens", "features ms",
-                "sample ms (Euler steps)", "infer ms", "train step s (batch, fp32)"):
+                "sample ms (Euler steps)", "infer ms", "train step wall s (batch, fp32)"):
         table.add_column(col, justify="right")
 
     presets = [s for s in args.presets.split(",") if s]
@@ -104,8 +106,8 @@ def main() -> None:
         frames, tokens, rest = inputs(cfg, 1, device, dtype)
         with torch.inference_mode():
             features = feature_net(frames, tokens)
-            t_feat = timed(lambda: feature_net(frames, tokens), args.repeats, device)
-            t_samp = timed(lambda: sampler(features, *rest), args.repeats, device)
+            t_feat, _ = timed(lambda: feature_net(frames, tokens), args.repeats, device)
+            t_samp, _ = timed(lambda: sampler(features, *rest), args.repeats, device)
         train_cell = "-"
         if name in train_presets:
             model = model.float().train()
@@ -125,8 +127,10 @@ def main() -> None:
                 opt.step()
 
             try:
-                t_train = timed(step, args.train_steps, device, warmup=2)
+                t_train, cpu_train = timed(step, args.train_steps, device, warmup=2)
                 train_cell = f"{t_train:.3f} ({B}) = {1 / t_train:.2f} steps/s"
+                if device.type == "cpu":
+                    train_cell += f"; CPU {cpu_train:.2f} s"
             except torch.OutOfMemoryError:  # e.g. the paper preset in fp32 without gradient checkpointing
                 train_cell = f"out of memory at batch {B}"
             del opt, batch

@@ -602,6 +602,12 @@ class G1Robot:
         self._cmd_pub = self._state_sub = self._writer_check_sub = None
         self._hand_pubs.clear()
         self._hand_subs.clear()
+        # Remove every listener first: dds_set_listener(NULL) waits for callbacks in flight. Deleting an
+        # entity while its listener runs can make the last reference drop on the CycloneDDS receive
+        # thread, whose dds_delete then waits for the very callback it is in: a deadlock.
+        for ch in channels:
+            if ch is not None:
+                _quiesce_channel(ch)
         for ch in channels:
             if ch is not None:
                 try:
@@ -609,8 +615,6 @@ class G1Robot:
                 except Exception as e:  # noqa: BLE001 - closing must not mask the original error
                     log.debug("closing channel: %s", e)
         del channels
-        # Finalise the closed DDS entities here, on the caller's thread. Left to the cyclic GC they can
-        # be deleted on a CycloneDDS receive thread inside a listener callback, which deadlocks.
         gc.collect()
 
     def _publish_loop(self) -> None:
@@ -686,6 +690,24 @@ class G1Robot:
             m.kp = kps[i]
             m.kd = kds[i]
         msg.crc = hg_codec.packed_crc(rec)
+
+
+def _quiesce_channel(ch: Any) -> None:
+    """Remove the listener of an SDK ChannelPublisher/ChannelSubscriber's DDS entity (see _close_channels).
+
+    The SDK keeps the entity private; if its layout ever changes this degrades to a plain Close().
+    """
+    channel = getattr(ch, "_ChannelSubscriber__channel", None) or getattr(ch, "_ChannelPublisher__channel", None)
+    if channel is None:
+        return
+    for holder, attr in ((getattr(channel, "_Channel__reader", None), "_Reader__reader"),
+                         (getattr(channel, "_Channel__writer", None), "_Writer__writer")):  # fmt: skip
+        entity = getattr(holder, attr, None) if holder is not None else None
+        if entity is not None and hasattr(entity, "set_listener"):
+            try:
+                entity.set_listener(None)
+            except Exception as e:  # noqa: BLE001 - best effort before Close()
+                log.debug("removing DDS listener: %s", e)
 
 
 def ramp_toward(value: float, target: float, max_step: float) -> float:

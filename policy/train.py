@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flow config override, e.g. --flow action_trains_video=false --flow action_noise_repeats=8")
     p.add_argument("--synthetic-episodes", type=int, default=32)
     p.add_argument("--val-episodes", type=int, default=0, metavar="N",
-                   help="hold out the last N episodes; at the end, report the sampled chunks' error on them (and on "
+                   help="hold out N evenly spaced episodes; at the end, report the sampled chunks' error on them (and on "
                         "training episodes) in the log and the checkpoint's training metadata")
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--save-components", metavar="DIR", default=None,
@@ -266,7 +266,13 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     started = time.time()
 
-    image_size = int(parse_overrides(args.override, "--override").get("image_size", preset_config(args.preset).image_size))
+    overrides = parse_overrides(args.override, "--override")
+    base = preset_config(args.preset)
+    if base.requires_pretrained and not (overrides.get("tokenizer_path") and overrides.get("text_encoder_path")):
+        raise TrainError(f"the {args.preset} preset loads its frame tokenizer and text encoder from local files: pass "
+                         f"--override tokenizer_path=PATH --override text_encoder_path=PATH (files written by "
+                         f"dit4dit-train --save-components); nothing is downloaded")
+    image_size = int(overrides.get("image_size", base.image_size))
     data = load_training_data(args.data, image_size, args.camera, seed=args.seed,
                               synthetic_episodes=args.synthetic_episodes)
     cfg = build_config(args, data)
@@ -275,15 +281,12 @@ def train(args: argparse.Namespace) -> int:
         if not 0 < args.val_episodes < len(data.episodes):
             raise TrainError(f"--val-episodes {args.val_episodes} must leave at least one of the "
                              f"{len(data.episodes)} episodes for training")
-        split = len(data.episodes) - args.val_episodes
-        val_data = TrainingData(data.episodes[split:], data.state_names, data.action_names, data.fps,
-                                data.source + " (held out)", data.camera)
-        data = TrainingData(data.episodes[:split], data.state_names, data.action_names, data.fps, data.source,
-                            data.camera)
-    if cfg.requires_pretrained and not (cfg.tokenizer_path and cfg.text_encoder_path):
-        raise TrainError(f"the {cfg.preset} preset loads its frame tokenizer and text encoder from local files: pass "
-                         f"--override tokenizer_path=PATH --override text_encoder_path=PATH (files written by "
-                         f"dit4dit-train --save-components); nothing is downloaded")
+        # evenly spaced episodes, so a dataset recorded task by task keeps every task on both sides
+        held = set(np.linspace(0, len(data.episodes) - 1, num=args.val_episodes).round().astype(int).tolist())
+        val_data = TrainingData([e for i, e in enumerate(data.episodes) if i in held], data.state_names,
+                                data.action_names, data.fps, data.source + " (held out)", data.camera)
+        data = TrainingData([e for i, e in enumerate(data.episodes) if i not in held], data.state_names,
+                            data.action_names, data.fps, data.source, data.camera)
     if cfg.image_size != data.frames.shape[1]:
         raise TrainError(f"frames are {data.frames.shape[1]} px but the model takes {cfg.image_size}")
 

@@ -183,6 +183,7 @@ class Controller:
         self._base = self.start_pose.copy()  # targets for the joints the policy does not drive
         self._commanded = self.start_pose.copy()  # what was asked of the safety layer this tick
         self._teleop_target: np.ndarray | None = None
+        self._teleop_t = 0.0
         self._next_record = 0.0
         self._run_start = 0.0
         self._episode_start = 0.0
@@ -254,7 +255,10 @@ class Controller:
             raise StartupError(f"robot: {e}") from None
         self.worker = InferenceWorker(self.client, cfg.server.seed, {n: max_age[n] for n in policy_cams})
         if cfg.recording.enabled:
-            self.recorder = self._make_recorder(md)
+            try:
+                self.recorder = self._make_recorder(md)
+            except Exception as e:  # noqa: BLE001 - dataset folder incompatible, pyarrow missing, no frame
+                raise StartupError(f"recording.root {cfg.recording.root}: {e}") from None
         self.operator.start()
 
     def _fetch_metadata(self) -> dict[str, Any]:
@@ -308,8 +312,7 @@ class Controller:
         now = time.monotonic()
         self.safe.reset(st.q, self.kp, self.kd, now)
         self._ramp_from = np.array(st.q, dtype=np.float64)
-        self._base = self._ramp_from.copy()
-        self._base[:] = self.start_pose
+        self._base = self.start_pose.copy()
         self._transition(State.RAMP_IN, f"robot connected (mode_machine {getattr(self.robot, 'mode_machine', '?')}), "
                          f"blending from the measured pose to the start pose over {self.cfg.safety.ramp_in_s:.1f} s", now)
         try:
@@ -365,6 +368,9 @@ class Controller:
                     self._emergency(f"watchdog: {fault}", ExitCode.FAULT, now)
         if ops.success is not None and self.recorder is not None:
             self.recorder.mark(ops.success)
+        if getattr(st, "remote_lost", False):
+            self._warn_once("remote-lost", "wireless remote silent (all-zero bytes for %.0f s): its e-stop is "
+                            "unavailable; the keyboard (e / space) and Ctrl-C still stop the robot", 3.0)  # fmt: skip
         handler = {
             State.RAMP_IN: self._ramp_in,
             State.READY: self._ready,
@@ -460,6 +466,7 @@ class Controller:
 
     def _enter_teleop(self, now: float, ops: Any) -> np.ndarray:
         self._teleop_target = (self.safe.last.q if self.safe.last is not None else self._commanded).copy()
+        self._teleop_t = now
         self.operator.begin_teleop(self._teleop_target)
         self._transition(State.TELEOP, f"operator takeover ({ops.takeover})", now)
         return self._teleop_target
@@ -480,7 +487,10 @@ class Controller:
             return self._teleop_target
         # Slide toward the person's target at the handover speed (direction kept); the safety layer caps again.
         delta = goal - self._teleop_target
-        max_step = self.cfg.safety.handover_velocity * self.dt
+        # by elapsed time (a late tick catches up a little, at most 5 ticks' worth; the safety layer caps again)
+        elapsed = min(max(now - self._teleop_t, 0.0), 5 * self.dt)
+        self._teleop_t = now
+        max_step = self.cfg.safety.handover_velocity * elapsed
         biggest = float(np.max(np.abs(delta)))
         if biggest > max_step:
             delta *= max_step / biggest

@@ -134,8 +134,9 @@ class Rig:
             "server": {"address": self.server_address, "timeout_s": 0.8, "connect_timeout_s": 60},
             "safety": {"ramp_in_s": 1.0, "ramp_out_s": 0.5, "damp_hold_s": 0.3, "state_timeout_s": 0.5,
                        "server_hold_s": 1.0, "server_damp_s": 3.0,
-                       # dit4dit-sim integrates kd explicitly: kd 8 makes its light wrist-roll joints chatter at
-                       # +-6 rad/s (kd dt / I > 2), which the joint-speed watchdog rightly refuses; 2 is stable there
+                       # under kp = 0, kd = 8 dit4dit-sim's light wrist-roll joints chatter at +-6 rad/s (observed;
+                       # presumably kd integrated explicitly on a tiny inertia), which the joint-speed watchdog
+                       # rightly refuses at the next start; kd = 2 is calm there
                        "damping_kd": 2.0},  # fmt: skip
             "run": {"instruction": "pick up the red block"},
         }

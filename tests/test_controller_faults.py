@@ -54,13 +54,13 @@ def test_misbehaving_server_never_moves_the_robot_outside_limits(rig: Rig) -> No
 
 def test_server_killed_holds_then_recovers_then_damps(rig: Rig) -> None:
     server = rig.start_bad_server("good")
-    cfg = rig.config(safety={"server_hold_s": 1.0, "server_damp_s": 2.5})
+    damp_s = 5.0  # long enough for a restarted server process to come up on this loaded machine
+    cfg = rig.config(safety={"server_hold_s": 1.0, "server_damp_s": damp_s})
     robot = rig.start_robot(cfg)
     robot.wait_for("READY -> RUNNING", 60)
     time.sleep(1.5)
     server.stop(signal.SIGKILL)
     robot.wait_for("RUNNING -> HOLD: server silent", 10)
-    time.sleep(0.5)
     rig.start_bad_server("good", name="server2")
     robot.wait_for("HOLD -> RUNNING: server answered again", 15)
     time.sleep(1.5)
@@ -76,7 +76,7 @@ def test_server_killed_holds_then_recovers_then_damps(rig: Rig) -> None:
         ("STOPPING", "DAMPED", "damping in force"),
     ])  # fmt: skip
     assert states(s)[-3:] == ["HOLD", "STOPPING", "DAMPED"]
-    assert 2.5 <= t[4] - t[3] <= 2.5 + 0.5, f"damped {t[4] - t[3]:.2f} s after holding; configured 2.5 s"
+    assert damp_s <= t[4] - t[3] <= damp_s + 0.5, f"damped {t[4] - t[3]:.2f} s after holding; configured {damp_s} s"
     # Recovery without a jump: the policy resumed from the held pose through the blend, so the requested target
     # (before the safety layer) never moved faster than the scripted policy itself (0.1 rad sine at 0.3 Hz,
     # ~0.2 rad/s, plus the blend): a jump of the chunk to where the sine had moved meanwhile would be > 5 rad/s.

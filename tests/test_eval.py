@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,14 @@ def test_runtime_path_episode(random_ckpt, tmp_path, dds_domain):
     assert r.info["controller_exit"] == 0
     assert not r.success and "hand_to_goal_m" in r.info
     assert len(frames) > 10 and frames[0].shape == (32, 32, 3)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "g1_small.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped checkpoint")
+def test_shipped_checkpoint_reaches_the_named_block():
+    """The trained checkpoint closes the loop on an unseen scene: the right hand goes to the red block."""
+    ev = evaluate.InProcessEvaluator(SHIPPED)
+    r = ev.run("reach_red", 100_003)
+    assert r.success, r.info

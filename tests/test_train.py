@@ -130,8 +130,8 @@ def test_trains_on_a_lerobot_dataset(tmp_path) -> None:
     assert md["training"]["episodes"] == 1  # one held out
     assert 0 < md["training"]["val_action_mae"] < 1 and 0 < md["training"]["train_action_mae"] < 1
     assert md["state_names"] == names and md["control_rate_hz"] == 15.0
-    assert md["instructions"] == ["follow the red dot"]  # the training episodes' instructions
-    np.testing.assert_allclose(md["normalization"]["action"]["mean"], dot.episodes[0].action.mean(0), atol=1e-4)
+    assert md["instructions"] == ["follow the blue dot"]  # the training episode's (episode 0 is held out)
+    np.testing.assert_allclose(md["normalization"]["action"]["mean"], dot.episodes[1].action.mean(0), atol=1e-4)
     chunk = policy.infer({"images": {"head": dot.frames[0]}, "state": dot.state[0], "instruction": "follow the red dot"})
     assert chunk.shape == (policy.chunk_length, 2)
     assert train_main(["--data", str(tmp_path / "ds"), "--preset", "tiny", "--out", str(out), "--camera", "wrist",
