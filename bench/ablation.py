@@ -1,6 +1,6 @@
 """The paper's central claim at small scale: DiT4DiT vs the same action DiT on plain image features.
 
-    python bench/ablation.py collect --data data                       # demonstrations: 100 and 20 per task
+    python bench/ablation.py collect --data data                       # demonstrations: 60 and 20 per task
     python bench/ablation.py train   --data data --runs runs/ablation  # 2 conditionings x 2 demo counts
     python bench/ablation.py eval    --runs runs/ablation --episodes 20  # closed loop, prints the table
     python bench/ablation.py all     ...                               # the three in a row
@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 CONDITIONINGS = {"dit4dit": [], "image_features": ["--ablation", "image_features"]}
-DEMOS = (100, 20)  # demonstrations per task
+DEMOS = (60, 20)  # demonstrations per task
 
 
 def dataset_for(data: Path, demos: int) -> Path:
@@ -96,7 +96,6 @@ def _expert_rates(seeds: range, tasks: list[str]) -> dict[str, tuple[int, int]]:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
-
     from dit4dit.policy.checkpoint import read_checkpoint
     from dit4dit.runtime.evaluate import EVAL_SEED0, evaluate, summarize, wilson
 
@@ -135,8 +134,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return f"{k}/{m} [{lo:.0%}-{hi:.0%}]"
 
     header = f"| model | demos/task | {' | '.join(tasks)} | all |"
-    lines = [f"Closed-loop success, {args.episodes} unseen seeds per task ({EVAL_SEED0}..), in-process path, "
-             "95% Wilson CI", header, "|" + "---|" * (len(tasks) + 3)]
+    title = (f"Closed-loop success, {args.episodes} unseen seeds per task ({EVAL_SEED0}..), in-process path, "
+             "95% Wilson CI")
+    lines = [title, header, "|" + "---|" * (len(tasks) + 3)]
     exp = results["expert"]
     lines.append(f"| scripted expert | - | {' | '.join(cell(*exp[t]) for t in tasks)} | "
                  f"{cell(sum(exp[t][0] for t in tasks), sum(exp[t][1] for t in tasks))} |")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path("data"), help="folder holding g1_sim_<N> datasets")
     ap.add_argument("--runs", type=Path, default=Path("runs/ablation"), help="checkpoints and results")
     ap.add_argument("--demos", type=lambda s: tuple(int(x) for x in s.split(",")), default=DEMOS,
-                    help="demonstrations per task, comma-separated (default 100,20)")
+                    help="demonstrations per task, comma-separated (default 60,20)")
     ap.add_argument("--steps", type=int, default=4000, help="policy training steps per model")
     ap.add_argument("--tokenizer-steps", type=int, default=1500, help="frame autoencoder steps per model")
     ap.add_argument("--batch-size", type=int, default=32)

@@ -62,6 +62,46 @@ def inputs(cfg, B: int, device: torch.device, dtype: torch.dtype):
     return frames, tokens, rest
 
 
+def time_preset(cfg, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, train: bool) -> list[str]:
+    """One table row: parameters, feature/sample latency at batch 1, and (train=True) one fp32 training step."""
+    with torch.device(device):
+        model = DiT4DiT(cfg)
+    model = model.to(dtype).eval()
+    feature_net, sampler = FeatureNet(model), ActionSampler(model)
+    frames, tokens, rest = inputs(cfg, 1, device, dtype)
+    with torch.inference_mode():
+        features = feature_net(frames, tokens)
+        t_feat, _ = timed(lambda: feature_net(frames, tokens), args.repeats, device)
+        t_samp, _ = timed(lambda: sampler(features, *rest), args.repeats, device)
+    train_cell = "-"
+    if train:
+        model = model.float().train()
+        B, C, h = args.train_batch, cfg.latent_channels, cfg.latent_size
+        batch = {"context": torch.randn(B, cfg.context_frames, C, h, h, device=device),
+                 "future": torch.randn(B, cfg.future_frames, C, h, h, device=device),
+                 "text": tokens.expand(B, -1).clone(), "state": torch.randn(B, cfg.state_dim, device=device),
+                 "actions": torch.randn(B, cfg.chunk_length, cfg.action_dim, device=device)}
+        opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("tokenizer.")], lr=1e-4)
+        g = torch.Generator(device=device).manual_seed(0)
+
+        def step() -> None:
+            loss = dual_flow_matching_loss(model, batch, g)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        try:
+            t_train, cpu_train = timed(step, args.train_steps, device, warmup=2)
+            train_cell = f"{t_train:.3f} ({B}) = {1 / t_train:.2f} steps/s"
+            if device.type == "cpu":
+                train_cell += f"; CPU {cpu_train:.2f} s"
+        except torch.OutOfMemoryError:  # e.g. the paper preset in fp32 without gradient checkpointing
+            train_cell = f"out of memory at batch {B}"
+    return [cfg.preset, fmt_params(count(model)), fmt_params(count(getattr(model, "video", None))),
+            fmt_params(count(model.action)), str(cfg.condition_tokens), f"{t_feat * 1e3:.1f}",
+            f"{t_samp * 1e3:.1f} ({cfg.num_euler_steps})", f"{(t_feat + t_samp) * 1e3:.1f}", train_cell]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", default="tiny,small", help="presets to time (paper: params only on a CPU)")
@@ -99,45 +139,7 @@ def main() -> None:
                           fmt_params(count(model.action)), str(cfg.condition_tokens), "not run", "not run",
                           "not run (meta device)", "not run")
             continue
-        with torch.device(device):
-            model = DiT4DiT(cfg)
-        model = model.to(dtype).eval()
-        feature_net, sampler = FeatureNet(model), ActionSampler(model)
-        frames, tokens, rest = inputs(cfg, 1, device, dtype)
-        with torch.inference_mode():
-            features = feature_net(frames, tokens)
-            t_feat, _ = timed(lambda: feature_net(frames, tokens), args.repeats, device)
-            t_samp, _ = timed(lambda: sampler(features, *rest), args.repeats, device)
-        train_cell = "-"
-        if name in train_presets:
-            model = model.float().train()
-            B, C, h = args.train_batch, cfg.latent_channels, cfg.latent_size
-            batch = {"context": torch.randn(B, cfg.context_frames, C, h, h, device=device),
-                     "future": torch.randn(B, cfg.future_frames, C, h, h, device=device),
-                     "text": tokens.expand(B, -1).clone(), "state": torch.randn(B, cfg.state_dim, device=device),
-                     "actions": torch.randn(B, cfg.chunk_length, cfg.action_dim, device=device)}
-            params = [p for n, p in model.named_parameters() if not n.startswith("tokenizer.")]
-            opt = torch.optim.AdamW(params, lr=1e-4)
-            g = torch.Generator(device=device).manual_seed(0)
-
-            def step() -> None:
-                loss = dual_flow_matching_loss(model, batch, g)["loss"]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            try:
-                t_train, cpu_train = timed(step, args.train_steps, device, warmup=2)
-                train_cell = f"{t_train:.3f} ({B}) = {1 / t_train:.2f} steps/s"
-                if device.type == "cpu":
-                    train_cell += f"; CPU {cpu_train:.2f} s"
-            except torch.OutOfMemoryError:  # e.g. the paper preset in fp32 without gradient checkpointing
-                train_cell = f"out of memory at batch {B}"
-            del opt, batch
-        table.add_row(name, fmt_params(count(model)), fmt_params(count(getattr(model, "video", None))),
-                      fmt_params(count(model.action)), str(cfg.condition_tokens), f"{t_feat * 1e3:.1f}",
-                      f"{t_samp * 1e3:.1f} ({cfg.num_euler_steps})", f"{(t_feat + t_samp) * 1e3:.1f}", train_cell)
-        del model, feature_net, sampler
+        table.add_row(*time_preset(cfg, args, device, dtype, train=name in train_presets))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     Console(width=200).print(table)

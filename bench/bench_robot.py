@@ -5,7 +5,7 @@ pose while reading state at 50 Hz (a policy-rate consumer), and reports: the com
 (p50 / p99 / max), late ticks, the rate at which the simulator received commands, the lowstate rate
 the driver received, and the CPU time the driver process used. Run:
 
-    python bench/bench_robot.py [--seconds 10] [--domain N]
+    python bench/bench_robot.py [--seconds 10] [--domain N] [--rt-priority 80]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--domain", type=int, default=None, help="DDS domain (default: a random one in 2..230)")
+    ap.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority for the publisher (0 = normal)")
     args = ap.parse_args()
     domain = args.domain if args.domain is not None else random.SystemRandom().randint(2, 230)
     control = free_port()
@@ -45,7 +46,7 @@ def main() -> None:
     try:
         from dit4dit.drivers.sim.bridge import control_request
 
-        robot = G1Robot(G1RobotConfig(interface="lo", domain=domain))
+        robot = G1Robot(G1RobotConfig(interface="lo", domain=domain, rt_priority=args.rt_priority))
         robot.connect(timeout_s=60.0)
         kp, kd = g1_spec.gains_array()
         st0 = robot.state()
@@ -72,7 +73,8 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             sim.kill()
     per = np.diff(times) * 1e3
-    print(f"G1Robot lowcmd publisher vs dit4dit-sim, {wall:.1f} s, {os.cpu_count()} CPUs, domain {domain}")
+    print(f"G1Robot lowcmd publisher vs dit4dit-sim, {wall:.1f} s, {os.cpu_count()} CPUs, domain {domain}, "
+          f"rt_priority {args.rt_priority}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'metric':<40} {'value':>10}")
     rows = [
         ("send period p50 (ms)", np.percentile(per, 50)),

@@ -352,6 +352,8 @@ def run(args: argparse.Namespace) -> CalibrationFile:
     from dit4dit.calibration.targets import WRIST_PLATE
     from dit4dit.calibration.timing import TimingError, TimingSettings, run_timing
     from dit4dit.drivers import g1_spec
+    from dit4dit.drivers.cameras import CameraFault
+    from dit4dit.drivers.g1_robot import RobotError
 
     cfg = _load_config(args.config)
     cs = _camera_section(cfg, args.camera)
@@ -420,7 +422,7 @@ def run(args: argparse.Namespace) -> CalibrationFile:
                     calib = calib.model_copy(update={"timing": timing})
                     log.info("camera delay %.1f ms, command->state %.1f ms, image->command %.1f ms",
                              timing.camera_delay_s * 1e3, timing.command_to_state_s * 1e3, timing.end_to_end_s * 1e3)
-            except (HandEyeError, TimingError, SessionError) as e:
+            except (HandEyeError, TimingError, SessionError, CameraFault, RobotError) as e:
                 raise CalibrateError(f"{step}: {e}") from None
             save_calibration(calib, args.out)  # each finished step is kept even if a later one fails
         return calib

@@ -18,7 +18,8 @@ Sequence in ``connect`` (g1-interface.md §5, §7):
    ``ReleaseMode`` until ``CheckMode`` reports none, ``release_motion_service=True``) or the robot
    must already be in debug mode (L2+R2; ``release_motion_service=False`` only checks). ``arm_sdk``
    needs it *running*. In simulation there is no MotionSwitcher service: the step is skipped and logged.
-4. Listen on the command topic for ``writer_check_s``: if anyone else publishes there, refuse.
+4. Listen on the command topic (from the start of connect, and ``writer_check_s`` after the first
+   state): if anyone else publishes there, refuse.
 5. Start the publisher thread at ``rate_hz``. Until the first ``command`` it sends damping
    (lowcmd: kp = 0, kd = damping kd) or weight 0 (arm_sdk).
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,6 +83,9 @@ class G1RobotConfig:
     stale_after_s: float = 0.1  # RobotState.stale when the newest state is older than this
     accept_zero_crc: bool = False  # let crc == 0 frames through (simulators that do not set it)
     remote_lost_s: float = REMOTE_LOST_AFTER_S
+    # > 0: run the command publisher thread under SCHED_FIFO at this priority (1..99) so other
+    # processes cannot delay the 500 Hz stream; needs root or CAP_SYS_NICE / `ulimit -r`. 0: normal.
+    rt_priority: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("lowcmd", "arm_sdk"):
@@ -92,6 +97,8 @@ class G1RobotConfig:
                 raise ValueError(f"G1RobotConfig.{key} must be > 0, got {getattr(self, key)}")
         if self.hand_rate_hz > self.rate_hz:
             raise ValueError(f"G1RobotConfig.hand_rate_hz ({self.hand_rate_hz}) cannot exceed rate_hz ({self.rate_hz})")
+        if not 0 <= self.rt_priority <= 99:
+            raise ValueError(f"G1RobotConfig.rt_priority must be in 0..99 (0 = normal scheduling), got {self.rt_priority}")
         if not self.interface:
             raise ValueError("G1RobotConfig.interface must name a network interface (e.g. enp3s0, or lo for the simulator)")
 
@@ -201,6 +208,9 @@ class G1Robot:
         self._hand_pubs: dict[str, Any] = {}
         self._hand_subs: dict[str, Any] = {}
         self._writer_check_sub: Any = None  # kept until disconnect (see _close_channels)
+        self._writer_check_count = 0
+        self._writer_check_listening = False
+        self._writer_check_t0 = 0.0
         self.hands: dict[str, Dex3Hand] = {s: Dex3Hand(s) for s in SIDES} if self.config.hands else {}
         self._connected = False
         # counters (read through .stats)
@@ -229,12 +239,13 @@ class G1Robot:
         from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandState_, LowCmd_, LowState_
 
         init_dds(cfg.domain, cfg.interface)
-        self._state_sub = ChannelSubscriber(g1_spec.TOPIC_LOWSTATE, LowState_)
-        self._state_sub.Init(self._on_lowstate, 0)
         try:
+            self._start_writer_check(ChannelSubscriber, LowCmd_)
+            self._state_sub = ChannelSubscriber(g1_spec.TOPIC_LOWSTATE, LowState_)
+            self._state_sub.Init(self._on_lowstate, 0)
             self._wait_first_state(timeout_s)
             self._prepare_motion_service()
-            self._check_no_other_writer(ChannelSubscriber, LowCmd_)
+            self._finish_writer_check()
             if self.hands:
                 for side, hand in self.hands.items():
                     sub = ChannelSubscriber(hand.state_topic, HandState_)
@@ -571,29 +582,32 @@ class G1Robot:
                 return
         raise RobotError(f"MotionSwitcher could not release motion service {name!r} after 10 tries; use debug mode (L2+R2)")
 
-    def _check_no_other_writer(self, subscriber_cls: Any, msg_type: Any) -> None:
-        topic = self.config.command_topic
-        seen = [0]
-        listening = [True]
+    def _start_writer_check(self, subscriber_cls: Any, msg_type: Any) -> None:
+        """Listen on the command topic from the very start of connect(), so DDS discovery of another
+        writer has the whole state wait to complete, not only the final ``writer_check_s``."""
+        self._writer_check_count = 0
+        self._writer_check_listening = True
 
         def count(_msg: Any) -> None:
-            if listening[0]:
-                seen[0] += 1
+            if self._writer_check_listening:
+                self._writer_check_count += 1
 
-        # The reader is muted after the check but not closed here: closing drops DDS entities into
-        # reference cycles that Python's GC may then finalise on a DDS listener thread, which deadlocks
-        # CycloneDDS. All channels are closed together in _close_channels, followed by gc.collect().
-        sub = subscriber_cls(topic, msg_type)
+        # Kept open (muted) until disconnect: all channels are closed together in _close_channels.
+        sub = subscriber_cls(self.config.command_topic, msg_type)
         sub.Init(count, 0)
         self._writer_check_sub = sub
-        try:
-            time.sleep(self.config.writer_check_s)
-        finally:
-            listening[0] = False
-        if seen[0]:
+        self._writer_check_t0 = time.monotonic()
+
+    def _finish_writer_check(self) -> None:
+        """After the first state: listen ``writer_check_s`` more, then refuse if anyone else published."""
+        time.sleep(self.config.writer_check_s)
+        self._writer_check_listening = False
+        n, listened = self._writer_check_count, time.monotonic() - self._writer_check_t0
+        if n:
+            topic = self.config.command_topic
             raise RobotBusyError(
-                f"another process is already publishing on {topic} ({seen[0]} messages in {self.config.writer_check_s:.1f} s "
-                f"on domain {self.config.domain}); stop it (another dit4dit-robot, a teleop or SDK example) before starting"
+                f"another process is already publishing on {topic} ({n} messages in {listened:.1f} s on domain "
+                f"{self.config.domain}); stop it (another dit4dit-robot, a teleop or SDK example) before starting"
             )
 
     def _close_channels(self) -> None:
@@ -621,6 +635,14 @@ class G1Robot:
         from unitree_sdk2py.idl.default import unitree_hg_msg_dds__HandCmd_, unitree_hg_msg_dds__LowCmd_
 
         cfg = self.config
+        if cfg.rt_priority > 0:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg.rt_priority))  # this thread only
+                log.info("command publisher runs SCHED_FIFO priority %d", cfg.rt_priority)
+            except (PermissionError, OSError) as e:
+                log.warning("cannot set SCHED_FIFO priority %d for the command publisher (%s); running at normal "
+                            "priority. Grant it with `sudo setcap cap_sys_nice+ep $(readlink -f $(which python3))` "
+                            "or an rtprio limit in /etc/security/limits.conf", cfg.rt_priority, e)  # fmt: skip
         period = 1.0 / cfg.rate_hz
         hand_every = max(1, round(cfg.rate_hz / cfg.hand_rate_hz))
         weight_step = cfg.arm_sdk_weight_rate / cfg.rate_hz

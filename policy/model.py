@@ -149,8 +149,8 @@ def small(**overrides: Any) -> DiT4DiTConfig:
     cfg = DiT4DiTConfig(
         preset="small", image_size=64, future_frames=2, future_stride=8, chunk_length=16, num_euler_steps=4,
         tokenizer_width=16, tokenizer_levels=3, latent_channels=8, vocab_size=256, max_text_len=16, text_width=128,
-        text_depth=2, text_heads=4, patch_size=2, video_width=192, video_depth=6, video_heads=4, extract_layer=4,
-        action_width=192, action_depth=4, action_heads=4, num_query_tokens=8,
+        text_depth=2, text_heads=4, patch_size=2, video_width=160, video_depth=6, video_heads=4, extract_layer=4,
+        action_width=160, action_depth=4, action_heads=4, num_query_tokens=8,
     )
     return replace(cfg, **overrides)
 

@@ -21,7 +21,6 @@ resumed run repeats the uninterrupted one.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys

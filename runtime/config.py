@@ -51,6 +51,9 @@ class RobotSection(_Section):
     mode: Literal["lowcmd", "arm_sdk"] = "lowcmd"
     hands: bool = False
     connect_timeout_s: PositiveFloat = 5.0
+    # > 0: the driver's 500 Hz command publisher runs under SCHED_FIFO at this priority (needs root or
+    # CAP_SYS_NICE); 0 = normal scheduling
+    rt_priority: Annotated[int, Field(ge=0, le=99)] = 0
     # Joints the policy drives, by URDF or SDK name; the others hold the start pose.
     controlled_joints: list[str] = Field(default_factory=lambda: [g1_spec.JOINT_NAMES[i] for i in g1_spec.ARM_JOINTS])
     gains: dict[str, Gains] = Field(default_factory=_default_gains)

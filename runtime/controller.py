@@ -675,7 +675,7 @@ def build_controller(cfg: DeployConfig, record_timing: bool = False) -> Controll
             interface=rc.interface, domain=rc.domain, mode=rc.mode, hands=rc.hands,
             rate_hz=cfg.rates.control_hz, arm_sdk_weight_rate=cfg.safety.arm_sdk_weight_rate,
             damping_kd=cfg.safety.damping_kd, stale_after_s=cfg.safety.state_timeout_s,
-            accept_zero_crc=False,
+            accept_zero_crc=False, rt_priority=rc.rt_priority,
         )
     )  # fmt: skip
     cameras = {}

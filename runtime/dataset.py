@@ -133,7 +133,7 @@ def encode_video(path: Path, frames: np.ndarray, fps: float) -> None:
     import av  # lazy: only recording and training need it
 
     frames = np.ascontiguousarray(frames)
-    t, h, w, c = frames.shape
+    _, h, w, c = frames.shape
     if c != 3 or frames.dtype != np.uint8:
         raise DatasetError(f"video frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     if h % 2 or w % 2:

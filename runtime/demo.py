@@ -52,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from dit4dit.drivers.sim import tasks as tasks_mod
-    from dit4dit.runtime.evaluate import EpisodeResult, InProcessEvaluator, RuntimeEvaluator, write_video
+    from dit4dit.runtime.evaluate import (
+        EpisodeResult,
+        InProcessEvaluator,
+        RuntimeEvaluator,
+        write_video,
+    )
 
     try:
         task = tasks_mod.get_task(args.task)

@@ -133,7 +133,6 @@ class InProcessEvaluator:
     def run(self, task_name: str, seed: int, *, video: list[np.ndarray] | None = None,
             duration_s: float | None = None) -> EpisodeResult:
         import torch
-
         from dit4dit.drivers import g1_spec
         from dit4dit.drivers.sim import tasks as tasks_mod
         from dit4dit.drivers.sim.expert import HEAD_CAMERA, default_safety_filter
@@ -152,8 +151,8 @@ class InProcessEvaluator:
         q_hold = g1_spec.HOME_POSE.copy()
         sched.reset(sim.joint_positions()[self.action_idx])
         dt = g1_spec.CONTROL_DT
-        ticks_per_step = int(round(1.0 / (self.hz * dt)))
-        n_ticks = int(round((duration_s or task.duration_s) / dt))
+        ticks_per_step = round(1.0 / (self.hz * dt))
+        n_ticks = round((duration_s or task.duration_s) / dt)
         success_t = None
         info: dict[str, Any] = {}
         for tick in range(n_ticks):
@@ -262,8 +261,9 @@ class RuntimeEvaluator:
     def __init__(self, ckpt: str | Path, *, log_dir: Path, domain: int | None = None, device: str = "cpu",
                  startup_timeout_s: float = 180.0) -> None:
         import yaml  # noqa: F401  (fail early if missing: the controller config is YAML)
-
-        from dit4dit.policy.checkpoint import read_checkpoint  # the eval machine has torch (it serves the policy)
+        from dit4dit.policy.checkpoint import (
+            read_checkpoint,  # the eval machine has torch (it serves the policy)
+        )
 
         self.ckpt = Path(ckpt)
         self.metadata = dict(read_checkpoint(self.ckpt)["metadata"])
@@ -326,7 +326,6 @@ class RuntimeEvaluator:
 
     def run(self, task_name: str, seed: int, *, video: list[np.ndarray] | None = None) -> EpisodeResult:
         import yaml
-
         from dit4dit.drivers.sim import tasks as tasks_mod
 
         task = tasks_mod.get_task(task_name)
@@ -404,7 +403,7 @@ class RuntimeEvaluator:
     def __enter__(self) -> RuntimeEvaluator:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+
+# The simulator asks the kernel for SIGTERM when its parent (the test process) dies, even by SIGKILL, so an
+# interrupted test run never leaves simulators behind. Done in the child itself: no preexec_fn in a
+# multi-threaded (DDS) parent.
+_SIM_BOOT = (
+    "import ctypes, signal, sys; ctypes.CDLL('libc.so.6').prctl(1, signal.SIGTERM); "  # 1 = PR_SET_PDEATHSIG
+    "from dit4dit.drivers.sim.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _port() -> int:
@@ -26,7 +36,7 @@ def running_sim(tmp: Path, domain: int, camera_port: int, props: str, fps: float
     log_path = tmp / "sim.log"
     log = open(log_path, "wb")
     p = subprocess.Popen(
-        [sys.executable, "-m", "dit4dit.drivers.sim.cli", "--domain", str(domain), "--no-table", "--props", props,
+        [sys.executable, "-c", _SIM_BOOT, "--domain", str(domain), "--no-table", "--props", props,
          "--camera", f"head:640x480@{fps:g}", "--camera-port", str(camera_port), "--control-port", str(control_port)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     control = f"tcp://127.0.0.1:{control_port}"
@@ -57,3 +67,19 @@ def real_time_factor(control: str, seconds: float = 1.0) -> float:
     a, t0 = control_request(control, "state")["sim_time"], time.monotonic()
     time.sleep(seconds)
     return (control_request(control, "state")["sim_time"] - a) / (time.monotonic() - t0)
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Raise TimeoutError in the test after ``seconds`` so a stuck run still cleans up (and names itself)."""
+
+    def _expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"calibration test exceeded its {seconds} s deadline")
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -104,8 +104,12 @@ class Rig:
             "lowcmd", [sys.executable, str(TESTS / "lowcmd_recorder.py"), "--domain", str(domain), "--out", str(self.cmds_path),
              "--topic", topic]
         )
-        self.sim.wait_for("dit4dit-sim ready", 60)
-        self.recorder.wait_for("recording", 30)
+        try:
+            self.sim.wait_for("dit4dit-sim ready", 60)
+            self.recorder.wait_for("recording", 30)
+        except BaseException:
+            self.close()  # the fixture never gets to its teardown when the constructor fails
+            raise
 
     @property
     def control(self) -> str:
@@ -132,7 +136,7 @@ class Rig:
             "cameras": {"head": {"kind": "sim", "endpoint": f"tcp://127.0.0.1:{self.cam_port}", "width": CAM_W,
                                  "height": CAM_H, "fps": 30, "max_age_s": 1.0}},  # fmt: skip
             "server": {"address": self.server_address, "timeout_s": 0.8, "connect_timeout_s": 60},
-            "safety": {"ramp_in_s": 1.0, "ramp_out_s": 0.5, "damp_hold_s": 0.3, "state_timeout_s": 0.5,
+            "safety": {"ramp_in_s": 1.0, "ramp_out_s": 0.5, "damp_hold_s": 0.3, "state_timeout_s": 1.0,
                        "server_hold_s": 1.0, "server_damp_s": 3.0,
                        # under kp = 0, kd = 8 dit4dit-sim's light wrist-roll joints chatter at +-6 rad/s (observed;
                        # presumably kd integrated explicitly on a tiny inertia), which the joint-speed watchdog

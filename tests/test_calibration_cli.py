@@ -15,12 +15,12 @@ from dit4dit.calibration.geometry import (
 )
 from dit4dit.drivers import g1_spec
 
-from tests.calibration_rig import real_time_factor, running_sim
+from tests.calibration_rig import deadline, real_time_factor, running_sim
 
 
 @pytest.mark.slow
 def test_calibrate_all_against_the_simulator(tmp_path, dds_domain, free_port) -> None:
-    with running_sim(tmp_path, dds_domain, free_port, "charuco_board,wrist_marker") as sim:
+    with deadline(300), running_sim(tmp_path, dds_domain, free_port, "charuco_board,wrist_marker") as sim:
         rtf = real_time_factor(sim["control"])
         if rtf < 0.9:
             pytest.skip(f"host overloaded: dit4dit-sim runs at {rtf:.2f}x real time (the sweep and timing need ~1x)")

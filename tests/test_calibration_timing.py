@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from dit4dit.calibration.timing import align_delay, state_times
 
-from tests.calibration_rig import real_time_factor, running_sim
+from tests.calibration_rig import deadline, real_time_factor, running_sim
 
 FPS = 30.0
 FRAME = 1.0 / FPS  # the tolerance: latency within one frame
@@ -37,7 +37,7 @@ def test_state_times_undo_receipt_jitter() -> None:
 
 @pytest.fixture
 def live_sim(tmp_path, dds_domain, free_port):
-    with running_sim(tmp_path, dds_domain, free_port, "wrist_marker", fps=FPS) as sim:
+    with deadline(240), running_sim(tmp_path, dds_domain, free_port, "wrist_marker", fps=FPS) as sim:
         yield sim
 
 

@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
-from dit4dit.drivers.sim.expert import CONTROLLED_NAMES  # noqa: E402
-from dit4dit.runtime import collect  # noqa: E402
-from dit4dit.runtime.dataset import LeRobotDataset  # noqa: E402
+from dit4dit.drivers.sim.expert import CONTROLLED_NAMES
+from dit4dit.runtime import collect
+from dit4dit.runtime.dataset import LeRobotDataset
 
 
 def test_collect_and_resume(tmp_path, capsys):

@@ -67,6 +67,7 @@ def test_defaults_are_valid() -> None:
         ({"rates": {"policy_hz": 30, "execution_horizon": 30}}, ["server_hold_s", "execution_horizon"]),
         ({"robot": {"gains": {"waist": {"kp": 400, "kd": 5}}}}, ["robot.gains.waist", "safety.max_kp"]),
         ({"safety": {"soft_limit_fraction": 0.3}}, ["default start pose", "left_hip_roll_joint", "soft limits"]),
+        ({"robot": {"rt_priority": 120}}, ["robot.rt_priority", "99"]),
         ([1, 2], ["mapping"]),
     ],
 )

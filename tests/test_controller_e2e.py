@@ -53,7 +53,7 @@ def test_sim_serve_robot_policy_teleop_handback_estop(rig: Rig, tmp_path) -> Non
     stop_stream = threading.Event()
     elbow = g1_spec.joint_index("left_elbow_joint")
     goal = g1_spec.HOME_POSE.copy()
-    goal[elbow] = 0.5
+    goal[elbow] = 1.4  # bend further (hand up, away from the table)
 
     def stream() -> None:  # a leader arm / VR app 50 times a second
         while not stop_stream.is_set():
@@ -67,11 +67,11 @@ def test_sim_serve_robot_policy_teleop_handback_estop(rig: Rig, tmp_path) -> Non
         streamer.start()
         rig.remote("L1", "A")
         robot.wait_for("RUNNING -> TELEOP", 10)
-        # slides to the teleop target at the handover speed (0.47 rad at 1 rad/s), then tracks it
+        # slides to the teleop target at the handover speed (0.43 rad at 1 rad/s), then tracks it
         deadline = time.monotonic() + 6.0
-        while abs((q := rig.sim_q())[elbow] - 0.5) >= 0.05 and time.monotonic() < deadline:
+        while abs((q := rig.sim_q())[elbow] - 1.4) >= 0.05 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert abs(q[elbow] - 0.5) < 0.05, f"left elbow at {q[elbow]:.3f}, teleop asked 0.5"
+        assert abs(q[elbow] - 1.4) < 0.05, f"left elbow at {q[elbow]:.3f}, teleop asked 1.4"
         rig.remote("L1", "X")
         robot.wait_for("TELEOP -> RUNNING: operator hands back", 10)
         time.sleep(3.0)  # policy again, from where the person left the arm
@@ -173,3 +173,34 @@ def test_arm_sdk_mode_ramps_weight_in_and_out(tmp_path, dds_domain) -> None:
         assert report["messages"] > 500
     finally:
         rig.close()
+
+
+def test_remote_sticks_teleop_moves_the_arm_and_hands_back(rig: Rig) -> None:
+    """Takeover with the wireless remote's sticks (teleop.device remote): the right shoulder pitch follows the
+    left stick while the person holds it, and the policy resumes from there after the hand-back."""
+    from dit4dit.drivers.sim.bridge import control_request
+
+    rig.start_bad_server("good")
+    cfg = rig.config(teleop={"device": "remote", "stick_velocity": 0.5})
+    robot = rig.start_robot(cfg)
+    robot.wait_for("READY -> RUNNING", 60)
+    time.sleep(1.0)
+    rig.remote("L1", "A")
+    robot.wait_for("RUNNING -> TELEOP: operator takeover", 10)
+    pitch = g1_spec.joint_index("right_shoulder_pitch_joint")
+    before = rig.sim_q()[pitch]
+    control_request(rig.control, "remote", buttons=[], sticks={"ly": 1.0})  # stick forward: shoulder pitch decreases
+    time.sleep(1.5)
+    control_request(rig.control, "remote", buttons=[], sticks={})
+    time.sleep(0.5)
+    moved = rig.sim_q()[pitch] - before
+    assert -0.9 < moved < -0.3, f"right shoulder pitch moved {moved:.3f} rad; 1.5 s at 0.5 rad/s is -0.75"
+    rig.remote("L1", "X")
+    robot.wait_for("TELEOP -> RUNNING: operator hands back", 10)
+    time.sleep(1.0)
+    robot.send_signal(signal.SIGTERM)
+    assert rig.wait_exit(30) == 0
+    s = rig.summary()
+    assert_in_order(s, [("RUNNING", "TELEOP", "remote L1+A"), ("TELEOP", "RUNNING", "remote L1+X"),
+                        ("RUNNING", "STOPPING", "SIGTERM received")])  # fmt: skip
+    assert_commands_within_limits(rig.commands(), cfg)

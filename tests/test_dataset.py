@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
-from dit4dit.runtime.dataset import DatasetError, LeRobotDataset, LeRobotWriter  # noqa: E402
+from dit4dit.runtime.dataset import DatasetError, LeRobotDataset, LeRobotWriter
 
 STATE = [f"s{i}" for i in range(5)]
 ACTION = [f"a{i}" for i in range(3)]

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from dit4dit.runtime import evaluate
 from dit4dit.runtime.evaluate import EpisodeResult, summarize, wilson
 

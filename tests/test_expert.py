@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.sim import tasks
-from dit4dit.drivers.sim.expert import CONTROLLED_JOINTS, ScriptedExpert, default_safety_filter, run_episode
+from dit4dit.drivers.sim.expert import (
+    CONTROLLED_JOINTS,
+    ScriptedExpert,
+    default_safety_filter,
+    run_episode,
+)
 from dit4dit.drivers.sim.scene import G1Sim
 
 

@@ -203,3 +203,18 @@ def test_any_camera_resolution_is_resized(policy: Policy) -> None:
     for size in ((32, 32), (480, 640)):
         out = policy.infer(observation(size=size), noise=noise)
         assert out.shape == (policy.chunk_length, 14) and np.isfinite(out).all()
+
+
+def test_several_context_frames(tmp_path) -> None:
+    policy = Policy.from_checkpoint(make_random_checkpoint(tmp_path / "t2.pt", preset="tiny", context_frames=2))
+    assert policy.metadata["context_frames"] == 2
+    clip = np.stack([observation(0)["images"]["head"], observation(1)["images"]["head"]])  # (T, H, W, 3), current last
+    obs = {**observation(0), "images": {"head": clip}}
+    noise = np.zeros((policy.chunk_length, 14), np.float32)
+    single = policy.infer(obs, noise=noise)
+    batched = policy.infer({"images": {"head": clip[None].repeat(2, 0)}, "state": obs["state"][None].repeat(2, 0),
+                            "instruction": [obs["instruction"]] * 2}, noise=noise[None].repeat(2, 0))
+    np.testing.assert_allclose(batched[1], single, atol=1e-5)
+    assert not np.allclose(single, policy.infer({**obs, "images": {"head": clip[::-1].copy()}}, noise=noise))
+    with pytest.raises(ObservationError, match="T = 2 context frames"):
+        policy.infer(observation(0))  # one frame for a two-frame model

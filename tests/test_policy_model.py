@@ -212,7 +212,7 @@ def test_pretrained_components_load_from_local_files_only(tmp_path) -> None:
         p.data.normal_()
     save_component(src.tokenizer, "frame_tokenizer", {"latent_channels": cfg.latent_channels}, tmp_path / "tok.pt")
     load_component(dst.tokenizer, "frame_tokenizer", tmp_path / "tok.pt")
-    for (k, a), b in zip(src.tokenizer.state_dict().items(), dst.tokenizer.state_dict().values()):
+    for (k, a), b in zip(src.tokenizer.state_dict().items(), dst.tokenizer.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     with pytest.raises(PretrainedComponentError, match="no path was given"):
         load_component(dst.tokenizer, "frame_tokenizer", paper().tokenizer_path)

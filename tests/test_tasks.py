@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dit4dit.drivers.sim import tasks
 from dit4dit.drivers.sim.scene import G1Sim
 
@@ -24,8 +23,8 @@ def test_layout_is_seeded_and_varies():
         for name, (x0, x1, y0, y1) in tasks.REGIONS.items():
             x, y, _ = lay[name]
             assert x0 <= x <= x1 and y0 <= y <= y1
-        gx, gy, _ = lay["green_block"]
-        tx, ty, _ = lay["target"]
+        gx, _, _ = lay["green_block"]
+        tx, _, _ = lay["target"]
         assert tasks.PUSH_DISTANCE[0] <= tx - gx <= tasks.PUSH_DISTANCE[1]
 
 

@@ -193,3 +193,33 @@ def test_make_teleop():
         make_teleop("zmq")
     with pytest.raises(ValueError, match="unknown teleop device 'vr'"):
         make_teleop("vr")
+
+
+def test_terminal_key_reader_on_a_pseudo_terminal():
+    import os
+
+    from dit4dit.drivers.teleop import TerminalKeyReader
+
+    master, slave = os.openpty()
+    stream = os.fdopen(slave, "r")
+    got: list[str] = []
+    reader = TerminalKeyReader(stream)
+    reader.subscribe(got.append)
+    reader.start()
+    try:
+        os.write(master, b"w1m")
+        deadline = time.monotonic() + 3.0
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == ["w", "1", "m"]  # single keys, no Enter needed (cbreak)
+    finally:
+        reader.stop()
+        stream.close()
+        os.close(master)
+
+
+def test_terminal_key_reader_refuses_a_non_terminal(tmp_path):
+    from dit4dit.drivers.teleop import TerminalKeyReader
+
+    with open(tmp_path / "f", "w+") as f, pytest.raises(RuntimeError, match="not a TTY"):
+        TerminalKeyReader(f)

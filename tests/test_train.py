@@ -87,6 +87,18 @@ def test_ablation_trains_from_the_cli(tmp_path) -> None:
             assert torch.equal(a[k], b[k]), k
 
 
+def test_context_window_gathering_and_training_with_two_context_frames(tmp_path) -> None:
+    data = moving_dot_dataset(2, 32, length=10, seed=0)
+    w = data.windows(np.array([0, 9, 10, 19]), context_frames=2, future_frames=2, future_stride=4, chunk_length=3)
+    np.testing.assert_array_equal(w["context"], [[0, 0], [8, 9], [10, 10], [18, 19]])  # clamped at episode start
+    np.testing.assert_array_equal(w["future"], [[4, 8], [9, 9], [14, 18], [19, 19]])  # clamped at episode end
+    np.testing.assert_array_equal(w["actions"], [[0, 1, 2], [9, 9, 9], [10, 11, 12], [19, 19, 19]])
+    np.testing.assert_array_equal(w["episode"], [0, 0, 1, 1])
+    out = tmp_path / "ctx2.pt"
+    assert train(out, "--steps", "2", "--tokenizer-steps", "1", "--override", "context_frames=2") == 0
+    assert Policy.from_checkpoint(out).metadata["context_frames"] == 2
+
+
 def test_bf16_autocast_trains(tmp_path) -> None:
     out = tmp_path / "bf16.pt"
     assert train(out, "--steps", "2", "--tokenizer-steps", "1", "--precision", "bf16") == 0

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
-
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.kinematics import G1Kinematics
 from dit4dit.drivers.sim import tasks as tasks_mod
@@ -92,12 +92,12 @@ class ScriptedExpert:
         q_hold = g1_spec.HOME_POSE.copy()
         q_hold[list(CONTROLLED_JOINTS)] = q0[list(CONTROLLED_JOINTS)]
         wps = self._waypoints(task, sim)
-        n = int(round(task.duration_s * self.control_hz))
+        n = round(task.duration_s * self.control_hz)
         times = np.arange(n) / self.control_hz
         path = np.empty((n, 3))
         for k, t in enumerate(times):
             path[k] = wps[-1][1]
-            for (t0, p0), (t1, p1) in zip(wps[:-1], wps[1:], strict=True):
+            for (t0, p0), (t1, p1) in pairwise(wps):
                 if t <= t1:
                     s = min_jerk(np.array((t - t0) / (t1 - t0)))
                     path[k] = p0 + s * (p1 - p0)
@@ -167,7 +167,7 @@ def run_episode(
     safety = default_safety_filter()
     kp, kd = g1_spec.gains_array()
     safety.reset(sim.joint_positions(), kp, kd)
-    ticks = int(round(1.0 / (expert.control_hz * g1_spec.CONTROL_DT)))
+    ticks = round(1.0 / (expert.control_hz * g1_spec.CONTROL_DT))
     idx = list(CONTROLLED_JOINTS)
     success_step = None
     n = len(plan.knots)
