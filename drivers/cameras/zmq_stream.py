@@ -187,11 +187,18 @@ class ImageStreamPublisher:
         self._sock.setsockopt(zmq.SNDHWM, 1)
         self._sock.setsockopt(zmq.CONFLATE, 1)
         self._sock.setsockopt(zmq.LINGER, 0)
-        try:
-            self._sock.bind(address)
-        except zmq.ZMQError as e:
-            self._sock.close()
-            raise CameraError(f"image stream for camera {camera!r}: cannot bind {address}: {e} (port in use?)") from e
+        # A socket closed a moment ago (a restarted publisher in this process) frees its port asynchronously.
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                self._sock.bind(address)
+                break
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EADDRINUSE and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                self._sock.close()
+                raise CameraError(f"image stream for camera {camera!r}: cannot bind {address}: {e} (port in use?)") from e
 
     def publish(
         self,

@@ -517,6 +517,11 @@ class G1Sim:
         self._dadr = m.jnt_dofadr[self._jid]
         self._act = self._map_actuators()
         self._effort = g1_spec.EFFORT.copy()
+        # The motors' damping term runs at kHz on the real drives; at the 2 ms physics step an explicit
+        # kd·dq on a light wrist (kd 8, inertia ~4e-3) is unstable and chatters. So the -kd·dq part is
+        # integrated implicitly as joint damping (implicitfast), and our own effort clamp replaces ctrlrange.
+        self._base_damping = m.dof_damping[self._dadr].copy()
+        m.actuator_ctrllimited[self._act] = 0
         self._sens = {n: self._sensor_slice(n) for n in ("imu_quat", "imu_gyro", "imu_acc")}
         self._renderers: dict[tuple[int, int, int], mujoco.Renderer] = {}
         self._stand = stand_command()
@@ -715,17 +720,22 @@ class G1Sim:
 
     def compute_torque(self) -> np.ndarray:
         """The motor torques for the current state and latest command, clamped to effort."""
+        return self._torque_and_kd()[0]
+
+    def _torque_and_kd(self) -> tuple[np.ndarray, np.ndarray]:
+        """Clamped motor torque and the effective kd of the command that produced it."""
         q = self.data.qpos[self._qadr]
         dq = self.data.qvel[self._dadr]
         low = self._lowcmd
         if low is not None:
-            t = low.torque(q, dq)
+            t, kd = low.torque(q, dq), np.where(low.enabled, low.kd, 0.0)
         else:
-            t = self._stand.torque(q, dq)
+            t, kd = self._stand.torque(q, dq), self._stand.kd
             arm, w = self._arm_sdk, self._arm_weight
             if arm is not None and w > 0.0:
                 t = np.where(self._arm_mask, w * arm.torque(q, dq) + (1.0 - w) * t, t)
-        return np.clip(t, -self._effort, self._effort)
+                kd = np.where(self._arm_mask, w * arm.kd + (1.0 - w) * kd, kd)
+        return np.clip(t, -self._effort, self._effort), kd
 
     def _hand_torques(self) -> None:
         d = self.data
@@ -742,8 +752,10 @@ class G1Sim:
         m, d = self.model, self.data
         with self.lock:
             for _ in range(n):
-                t = self.compute_torque()
-                d.ctrl[self._act] = t
+                t, kd = self._torque_and_kd()
+                # Applied torque = ctrl - kd·dq(next step) ≈ t, with the damping part implicit (see __init__).
+                m.dof_damping[self._dadr] = self._base_damping + kd
+                d.ctrl[self._act] = t + kd * d.qvel[self._dadr]
                 if self._hand:
                     self._hand_torques()
                 mujoco.mj_step(m, d)
@@ -761,8 +773,8 @@ class G1Sim:
         return self.data.qvel[self._dadr].copy()
 
     def joint_torques(self) -> np.ndarray:
-        """Actuator torque applied in the last step (the motors' tau_est)."""
-        return self.data.actuator_force[self._act].copy()
+        """Motor torque of the last step (the motors' tau_est), clamped to effort."""
+        return np.array(self.last_torque, dtype=np.float64)
 
     def imu(self) -> dict[str, np.ndarray]:
         """Pelvis IMU: quaternion (w, x, y, z), rpy, gyroscope (rad/s), accelerometer (m/s²)."""
