@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 from dit4dit.drivers.cameras import (
     CameraError,
     CameraFault,
@@ -272,3 +274,14 @@ def test_factory_and_config_validation():
         OpenCVCameraConfig(width=640)
     with pytest.raises(ValueError, match="must look like tcp://"):
         ZmqCameraConfig(endpoint="127.0.0.1:5555")
+
+
+@given(seq=hst.lists(hst.tuples(hst.integers(0, 50), hst.floats(0, 10, allow_nan=False)), max_size=60))
+def test_gate_only_ever_moves_forward(seq):
+    gate = FrameGate("head")
+    img = _img(1, 4, 4)
+    accepted = [f for n, t in seq if (f := gate.accept(img, 0.0, device_number=n, device_stamp=t)) is not None]
+    ids = [f.frame_id for f in accepted]
+    stamps = [f.device_stamp for f in accepted]
+    assert ids == sorted(set(ids)) and stamps == sorted(set(stamps))  # strictly increasing: no repeat, no going back
+    assert gate.accepted + gate.duplicates == len(seq)

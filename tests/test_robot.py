@@ -80,6 +80,37 @@ def fake_g1(domain: int, opts: dict[str, Any], ready: Any, pause: Any, stop: Any
             s.Init(lambda m, sd=side: on_hand(sd, m), 0)
             subs.append(s)
 
+    switcher_calls: list[str] = []
+    if "motion_service" in opts:
+        # A stand-in for the robot's MotionSwitcher RPC service (SDK Server, real DDS request/response).
+        import json
+
+        from unitree_sdk2py.rpc.server import Server
+
+        current = [opts["motion_service"]]
+
+        class FakeMotionSwitcher(Server):
+            def __init__(self) -> None:
+                super().__init__("motion_switcher")
+
+            def Init(self) -> None:  # noqa: N802 - SDK naming
+                self._SetApiVersion("1.0.0.1")
+                self._RegistHandler(1001, self.check, False)
+                self._RegistHandler(1003, self.release, False)
+
+            def check(self, _param: str) -> tuple[int, str]:
+                switcher_calls.append("check")
+                return 0, json.dumps({"form": "0", "name": current[0]})
+
+            def release(self, _param: str) -> tuple[int, str]:
+                switcher_calls.append("release")
+                current[0] = ""
+                return 0, ""
+
+        switcher = FakeMotionSwitcher()
+        switcher.Init()
+        switcher.Start(False)
+
     msg = unitree_hg_msg_dds__LowState_()
     msg.mode_machine = opts.get("mode_machine", 5)
     remote = (Remote() if opts.get("remote") == "zero" else Remote.from_buttons(["L2", "B"], lx=0.25, ly=-0.5)).as_list()
@@ -113,6 +144,7 @@ def fake_g1(domain: int, opts: dict[str, Any], ready: Any, pause: Any, stop: Any
         next_t += dt
         time.sleep(max(0.0, next_t - time.monotonic()))
     with lock:
+        records.append(("switcher", switcher_calls))
         out.put(records)
 
 
@@ -442,3 +474,27 @@ def test_weight_ramp_never_moves_more_than_one_step(w, target, step):
         seq.append(ramp_toward(seq[-1], target, step))
     assert np.max(np.abs(np.diff(seq))) <= step + 1e-12
     assert seq[-1] == target and all(0.0 <= v <= 1.0 for v in seq)
+
+
+@pytest.mark.parametrize(
+    "service,config,outcome",
+    [
+        ("ai", {"mode": "lowcmd", "release_motion_service": True}, "released"),
+        ("ai", {"mode": "lowcmd", "release_motion_service": False}, "debug mode"),
+        ("", {"mode": "arm_sdk"}, "needs Unitree's built-in motion service"),
+    ],
+)
+def test_motion_switcher_on_a_real_robot_path(dds_domain, service, config, outcome):
+    """simulation=False on lo: the MotionSwitcher step runs against a real SDK RPC service."""
+    with FakeG1(dds_domain, motion_service=service) as g1:
+        p, out = robot_process(dds_domain, "hold", hold_s=0.2, timeout_s=20.0, config={"simulation": False, **config})
+        res = result(p, out)
+        records = g1.records()
+    calls = next(r[1] for r in records if r[0] == "switcher")
+    if outcome == "released":
+        assert "error" not in res, res
+        assert calls.count("release") >= 1 and calls[-1] == "check"
+    else:
+        assert "RobotError" in res.get("error", "") and outcome in res["error"], res
+        assert "release" not in calls
+        assert not any(r[0] in (g1_spec.TOPIC_LOWCMD, g1_spec.TOPIC_ARM_SDK) for r in records), "wrote before refusing"
