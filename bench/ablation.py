@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             out = args.runs / name / "g1.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "dit4dit.policy.train", "--data", str(dataset_for(args.data, n)),
-                   "--preset", "small", "--out", str(out), "--steps", str(args.steps),
+                   "--preset", args.preset, "--out", str(out), "--steps", str(args.steps),
+                   *[a for kv in args.override for a in ("--override", kv)],
                    "--tokenizer-steps", str(args.tokenizer_steps), "--batch-size",
                    str(args.batch_size), "--seed", "0", "--save-every", str(args.save_every), "--no-progress",
                    "--threads", str(args.threads), *extra]
@@ -163,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--demos", type=lambda s: tuple(int(x) for x in s.split(",")), default=DEMOS,
                     help="demonstrations per task, comma-separated (default 60,20)")
     ap.add_argument("--steps", type=int, default=4000, help="policy training steps per model")
+    ap.add_argument("--preset", default="small", help="model preset (small; tiny for a CPU-sized run)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="model config override passed to dit4dit-train (repeatable)")
     ap.add_argument("--tokenizer-steps", type=int, default=1500, help="frame autoencoder steps per model")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--save-every", type=int, default=500)

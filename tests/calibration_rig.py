@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-
 # The simulator asks the kernel for SIGTERM when its parent (the test process) dies, even by SIGKILL, so an
 # interrupted test run never leaves simulators behind. Done in the child itself: no preexec_fn in a
 # multi-threaded (DDS) parent.
