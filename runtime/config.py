@@ -46,6 +46,8 @@ def _default_gains() -> dict[str, Gains]:
 class RobotSection(_Section):
     """Which G1, over which DDS domain, commanded how."""
 
+    name: str = "g1"  # which robot this is: a calibration file made for another robot is refused
+    serial: str | None = None
     interface: str = "lo"  # NIC wired to the robot (enp3s0 ...), or lo for the simulator
     domain: Annotated[int, Field(ge=0, le=232)] = g1_spec.SIM_DOMAIN
     mode: Literal["lowcmd", "arm_sdk"] = "lowcmd"
@@ -277,6 +279,8 @@ class DeployConfig(_Section):
     teleop: TeleopSection = Field(default_factory=TeleopSection)
     recording: RecordingSection = Field(default_factory=RecordingSection)
     run: RunSection = Field(default_factory=RunSection)
+    # dit4dit-calibrate's output for this robot and camera (relative to this file); None = uncalibrated
+    calibration: Path | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DeployConfig:
@@ -343,4 +347,7 @@ def load_config(path: str | Path) -> DeployConfig:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_config(data, str(p))
+    cfg = parse_config(data, str(p))
+    if cfg.calibration is not None and not cfg.calibration.is_absolute():
+        cfg = cfg.model_copy(update={"calibration": p.parent / cfg.calibration})
+    return cfg

@@ -669,6 +669,8 @@ def build_controller(cfg: DeployConfig, record_timing: bool = False) -> Controll
     from dit4dit.drivers.g1_robot import G1Robot, G1RobotConfig
     from dit4dit.runtime.client import PolicyClient
 
+    if cfg.calibration is not None:
+        _check_calibration(cfg)
     rc = cfg.robot
     robot = G1Robot(
         G1RobotConfig(
@@ -694,6 +696,26 @@ def build_controller(cfg: DeployConfig, record_timing: bool = False) -> Controll
     client = PolicyClient(cfg.server.address, timeout_s=cfg.server.timeout_s, token=cfg.server.token)
     operator = OperatorInputs.from_config(cfg, remote_source=lambda: robot.state().remote)
     return Controller(cfg, robot, client, cameras, operator, record_timing=record_timing)
+
+
+def _check_calibration(cfg: DeployConfig) -> None:
+    """Refuse to start on a calibration file made for another robot or camera."""
+    from dit4dit.calibration import CalibrationFileError, load_calibration, read_calibration
+
+    try:
+        calib = read_calibration(cfg.calibration)
+        cam = cfg.cameras.get(calib.camera.name)
+        if cam is None:
+            raise CalibrationFileError(
+                f"{cfg.calibration} calibrates camera {calib.camera.name!r}, which deploy.yaml's cameras do not name "
+                f"(cameras: {', '.join(cfg.cameras) or 'none'})"
+            )
+        serial = cam.serial if cam.kind == "realsense" else None
+        calib = load_calibration(cfg.calibration, cfg.robot.name, serial, require=("intrinsics", "extrinsics"))
+    except CalibrationFileError as e:
+        raise StartupError(f"calibration: {e}") from None
+    log.info("calibration %s: robot %s, camera %s, made %s", cfg.calibration, calib.robot.name, calib.camera.name,
+             calib.date.isoformat())
 
 
 def main(argv: list[str] | None = None) -> int:
