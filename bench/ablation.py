@@ -107,8 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     res_path = args.runs / "eval.json"
     if res_path.exists():
         results = json.loads(res_path.read_text())
-    if "expert" not in results:
-        results["expert"] = {t: list(v) for t, v in _expert_rates(seeds, tasks).items()}
+    expert_key = f"expert@{args.episodes}"
+    if expert_key not in results:
+        results[expert_key] = {t: list(v) for t, v in _expert_rates(seeds, tasks).items()}
     for n in args.demos:
         for cond in CONDITIONINGS:
             name = run_name(cond, n)
@@ -138,7 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     title = (f"Closed-loop success, {args.episodes} unseen seeds per task ({EVAL_SEED0}..), in-process path, "
              "95% Wilson CI")
     lines = [title, header, "|" + "---|" * (len(tasks) + 3)]
-    exp = results["expert"]
+    exp = results[expert_key]
     lines.append(f"| scripted expert | - | {' | '.join(cell(*exp[t]) for t in tasks)} | "
                  f"{cell(sum(exp[t][0] for t in tasks), sum(exp[t][1] for t in tasks))} |")
     for n in args.demos:
