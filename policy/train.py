@@ -3,6 +3,7 @@
     dit4dit-train --data data/g1_tasks --preset small --out g1.pt --steps 10000
     dit4dit-train --data synthetic:moving_dot --preset tiny --out /tmp/dot.pt --steps 300
     torchrun --nproc-per-node 2 -m dit4dit.policy.train --data ... --preset small --out g1.pt   # DDP (gloo on CPU)
+    torchrun --nproc-per-node 2 -m dit4dit.policy.train --data ... --preset paper ... --parallel fsdp   # FSDP
 
 Two stages in one run (and one resumable step counter):
   1. frame tokenizer (presets without a pretrained one): the conv autoencoder learns to reconstruct the training
@@ -16,6 +17,11 @@ Checkpoints: --out (EMA weights + metadata, what the server loads) and <out stem
 optimiser, step) every --save-every steps and at the end; --resume continues bit-for-bit from the latter.
 Random draws come from a generator seeded by (seed, rank, step), so a run is deterministic with --seed and a
 resumed run repeats the uninterrupted one.
+--parallel fsdp (torchrun, world size > 1; on one process it is a no-op with a message): stage 1 stays DDP (the
+tokenizer is small); for stage 2 every transformer block (video/image DiT, action DiT, text encoder) and then the
+whole loss module are sharded with FSDP2 `fully_shard`, the optimiser is built after sharding, the EMA is kept per
+shard and gathered to full tensors only when saving (a collective: every rank gathers, rank 0 writes). Under fsdp
+only --out is written (no .resume.pt): --resume and --stop-after are DDP-only for now and refused.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ from torch import nn
 from .checkpoint import build_metadata, save_checkpoint
 from .data import TrainingData, TrainingDataError, load_training_data
 from .flow import dual_flow_matching_loss
-from .model import PRESETS, DiT4DiT, DiT4DiTConfig, load_component, preset_config, save_component
+from .model import PRESETS, DiT4DiT, DiT4DiTConfig, DiTBlock, EncoderBlock, load_component, preset_config, save_component
 from .normalize import Normalizer
 from .text import Vocabulary
 
@@ -86,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: autocast the DiT forward passes (GPUs; weights, optimiser and EMA stay fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                   help="multi-process strategy under torchrun: ddp, or fsdp (shards the policy stage; large presets)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.steps < 0 or args.tokenizer_steps < 0 or args.batch_size < 1:
@@ -169,6 +178,29 @@ class EMA:
         for k, v in model.state_dict().items():
             if k.startswith("tokenizer.") or k == "extraction_noise":
                 self.shadow[k].copy_(v)
+
+
+def full_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FSDP-sharded (DTensor) entries gathered to full tensors: a collective, every rank must call it."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+
+
+def shard_policy(step_module: nn.Module, model: DiT4DiT, world: int, device: torch.device) -> None:
+    """FSDP2: each transformer block, then the loss module as the root (its forward is the one the loss calls, so
+    the parameters outside blocks are gathered for the whole step). The frozen tokenizer is left unsharded."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    # DiTBlock returns a reshape (a view) of its output; nothing modifies block outputs in place, so the warning
+    # about in-place ops on views skipping the pre-backward hook does not apply (the fsdp test matches DDP exactly)
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(device.type, (world,))
+    for m in model.modules():
+        if isinstance(m, (DiTBlock, EncoderBlock)):
+            fully_shard(m, mesh=mesh)
+    fully_shard(step_module, mesh=mesh, ignored_params=set(model.tokenizer.parameters()))
 
 
 class TrainStep(nn.Module):
@@ -259,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     rank, world = dist_setup()
+    fsdp = args.parallel == "fsdp" and world > 1
+    if args.parallel == "fsdp" and world == 1:
+        print("dit4dit-train: --parallel fsdp needs torchrun with more than one process; training unsharded",
+              file=sys.stderr)
+    if fsdp and (args.resume or args.stop_after is not None):
+        raise TrainError("--resume and --stop-after are DDP-only for now (--parallel fsdp writes no resume state)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
@@ -308,15 +346,19 @@ def train(args: argparse.Namespace) -> int:
     text_t = torch.from_numpy(vocab.encode([e.instruction for e in data.episodes])).to(device)
 
     tok_opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=args.tokenizer_lr, weight_decay=0.0)
-    groups = [{"params": [p for n, p in model.named_parameters() if n.startswith("video.")],
-               "lr": args.video_lr or args.lr, "name": "video"},
-              {"params": [p for n, p in model.named_parameters()
-                          if not n.startswith(("video.", "tokenizer.")) and not (cfg.text_encoder_path and n.startswith("text."))],
-               "lr": args.lr, "name": "policy"}]
-    groups = [g for g in groups if g["params"]]
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+
+    def policy_optimizer() -> tuple[list[dict[str, Any]], torch.optim.Optimizer]:
+        groups = [{"params": [p for n, p in model.named_parameters() if n.startswith("video.")],
+                   "lr": args.video_lr or args.lr, "name": "video"},
+                  {"params": [p for n, p in model.named_parameters()
+                              if not n.startswith(("video.", "tokenizer.")) and not (cfg.text_encoder_path and n.startswith("text."))],
+                   "lr": args.lr, "name": "policy"}]
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        return groups, torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+
+    groups, opt = policy_optimizer()
     ema = EMA(model, args.ema)
     step = 0  # counts tokenizer steps, then policy steps
     history: list[dict[str, float]] = []
@@ -349,6 +391,10 @@ def train(args: argparse.Namespace) -> int:
                         dynamic_ncols=True, mininterval=1.0)
 
     def save(final: bool) -> None:
+        """Rank 0 writes; under fsdp every rank must call it (the EMA is gathered first)."""
+        if fsdp:
+            ema.copy_buffers(model)
+            shadow = full_tensors(ema.shadow)
         if rank != 0:
             return
         training = {
@@ -361,6 +407,9 @@ def train(args: argparse.Namespace) -> int:
         metadata = build_metadata(cfg, state_names=data.state_names, action_names=data.action_names,
                                   state_norm=state_norm, action_norm=action_norm, control_rate_hz=data.fps,
                                   instructions=data.instructions, training=training)
+        if fsdp:  # the optimiser and raw weights are sharded: no resume state (see the module docstring)
+            save_checkpoint(out, model, vocab, metadata, state_dict={k: v.cpu() for k, v in shadow.items()})
+            return
         ema.copy_buffers(model)
         save_checkpoint(out, model, vocab, metadata, state_dict=ema.shadow)
         blob = {"format": RESUME_FORMAT, "config": cfg.to_dict(), "step": step, "model": model.state_dict(),
@@ -409,7 +458,13 @@ def train(args: argparse.Namespace) -> int:
     # ---- stage 2: the policy (dual flow matching)
     if step < stop_at:
         latents = encode_all(model, data.frames).to(device)  # (N, C, h, w): every frame encoded once
-        train_step = wrap(TrainStep(model))
+        if fsdp:  # the parameters become sharded DTensors: optimiser and EMA are rebuilt on them (fresh stage 2)
+            train_step = TrainStep(model)
+            shard_policy(train_step, model, world, device)
+            groups, opt = policy_optimizer()
+            ema = EMA(model, args.ema)
+        else:
+            train_step = wrap(TrainStep(model))
         model.train()
         model.tokenizer.eval()
         seen, tick, first_policy_step = 0, time.time(), step
@@ -425,6 +480,8 @@ def train(args: argparse.Namespace) -> int:
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            if fsdp:
+                grad_norm = grad_norm.full_tensor()
             opt.step()
             ema.update(model, policy_step)
             step += 1
@@ -438,13 +495,16 @@ def train(args: argparse.Namespace) -> int:
                 rate = seen / max(1e-9, time.time() - tick)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", video=f"{record['video']:.3f}",
                                      action=f"{record['action']:.3f}", samples_s=f"{rate:.0f}")
-            if rank == 0 and step % args.save_every == 0 and step < total:
+            if (rank == 0 or fsdp) and step % args.save_every == 0 and step < total:
                 save(final=False)
         throughput = (step - first_policy_step) / max(1e-9, time.time() - tick)
     else:
         throughput = float("nan")
     if progress:
         progress.close()
+    if fsdp and (val_data is not None or args.save_components):
+        ema.copy_buffers(model)
+        ema.shadow = full_tensors(ema.shadow)  # every rank gathers; only rank 0 uses them below
     if rank == 0 and val_data is not None and step >= total:
         averaged = DiT4DiT(cfg).to(device)  # the EMA weights, as in the checkpoint
         averaged.load_state_dict(ema.shadow)
