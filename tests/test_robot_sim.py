@@ -4,19 +4,14 @@ path as the real robot. The robot runs in its own spawned process (DDS is a per-
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from dit4dit.drivers import g1_spec
+
+from tests.sim_process import SimProcess, start_sim
 
 pytest.importorskip("unitree_sdk2py")
 pytest.importorskip("mujoco")
@@ -25,58 +20,10 @@ CTX = mp.get_context("spawn")
 ARM = list(g1_spec.ARM_JOINTS)
 
 
-def _another_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sim:
-    def __init__(self, domain: int, camera_port: int, control_port: int, log: Path, mode_machine: int = 6) -> None:
-        exe = shutil.which("dit4dit-sim")
-        cmd = [exe] if exe else [sys.executable, "-m", "dit4dit.drivers.sim.cli"]
-        cmd += ["--domain", str(domain), "--no-table", "--camera", "head:160x120@15", "--camera-port", str(camera_port),
-                "--control-port", str(control_port), "--mode-machine", str(mode_machine)]  # fmt: skip
-        self.control = f"tcp://127.0.0.1:{control_port}"
-        self.camera = f"tcp://127.0.0.1:{camera_port}"
-        self.log = log
-        self._log_f = open(log, "w")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-        self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=env)
-
-    def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        from dit4dit.drivers.sim.bridge import control_request
-
-        return control_request(self.control, cmd, **fields)
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dit4dit-sim exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
-            try:
-                self.request("ping", timeout_s=1.0)
-                return
-            except TimeoutError:
-                time.sleep(0.2)
-        raise RuntimeError(f"dit4dit-sim not ready in {timeout_s} s: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log_f.close()
-
-
 @pytest.fixture
 def sim(dds_domain, free_port, tmp_path):
-    s = Sim(dds_domain, free_port, _another_free_port(), tmp_path / "sim.log")
+    s = start_sim(dds_domain, free_port, tmp_path, "--no-table", "--camera", "head:160x120@15")
     try:
-        s.wait_ready()
         yield s
     finally:
         s.stop()
@@ -119,7 +66,7 @@ def drive_arms(domain: int, mode: str, arm_offset: float, out: Any) -> None:
     out.put(("done", res))
 
 
-def _run(sim: Sim, domain: int, mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run(sim: SimProcess, domain: int, mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
     out = CTX.Queue()
     p = CTX.Process(target=drive_arms, args=(domain, mode, 0.15, out))
     p.start()
