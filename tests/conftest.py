@@ -35,3 +35,15 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"reference folder {SHARED} is not present")
     return SHARED
+
+
+@pytest.fixture
+def rig(tmp_path, dds_domain):
+    """The controller tests' rig (tests/robot_rig.py): sim, server and robot processes, closed after the test."""
+    from tests.robot_rig import Rig
+
+    r = Rig(tmp_path, dds_domain)
+    try:
+        yield r
+    finally:
+        r.close()

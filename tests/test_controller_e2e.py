@@ -22,15 +22,6 @@ pytestmark = pytest.mark.slow
 POLICY_HZ = 15.0  # the tiny CPU model takes ~0.3 s per chunk here: 16 steps at 15 Hz leave room for that
 
 
-@pytest.fixture
-def rig(tmp_path, dds_domain):
-    r = Rig(tmp_path, dds_domain)
-    try:
-        yield r
-    finally:
-        r.close()
-
-
 def test_sim_serve_robot_policy_teleop_handback_estop(rig: Rig, tmp_path) -> None:
     from dit4dit.drivers.teleop import TeleopSender
     from dit4dit.policy.checkpoint import make_random_checkpoint

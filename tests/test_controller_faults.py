@@ -17,15 +17,6 @@ from tests.robot_rig import Rig, assert_commands_within_limits, assert_in_order,
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def rig(tmp_path, dds_domain):
-    r = Rig(tmp_path, dds_domain)
-    try:
-        yield r
-    finally:
-        r.close()
-
-
 def test_misbehaving_server_never_moves_the_robot_outside_limits(rig: Rig) -> None:
     script = "good,nan,good,huge,good,wrong_shape,good,beyond_soft,good,short,good,error,good,inf,good,late,good,good"
     rig.start_bad_server(script, late_s=1.2)
