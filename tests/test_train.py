@@ -153,20 +153,8 @@ def test_trains_on_a_lerobot_dataset(tmp_path) -> None:
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_with_torchrun(tmp_path, free_port) -> None:
     out = tmp_path / "ddp.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port), "-m", "dit4dit.policy.train",
-           "--data", "synthetic:moving_dot", "--preset", "tiny", "--out", str(out), "--steps", "3",
-           "--tokenizer-steps", "2", "--batch-size", "4", "--synthetic-episodes", "2", "--threads", "1",
-           "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        output, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, output
+    returncode, output = run_torchrun(free_port, out)
+    assert returncode == 0, output
     training = read_checkpoint(out)["metadata"]["training"]
     assert training["world_size"] == 2 and training["steps"] == 3 and training["complete"]
     Policy.from_checkpoint(out)
