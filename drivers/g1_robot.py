@@ -8,6 +8,13 @@ and ``dit4dit-sim`` (which speaks the same topics).
     robot.damp()                                # kp = 0, kd > 0, keeps publishing
     robot.disconnect()
 
+or, from a real-time loop of one's own (runtime/realtime), with nothing else in between:
+
+    robot.connect(publisher=False)
+    while ...:
+        st = robot.poll()                       # the newest state; any backlog is skipped
+        robot.send(target, stamp_ns)            # one LowCmd now, source-stamped
+
 Sequence in ``connect`` (g1-interface.md §5, §7):
 
 1. DDS is initialised once per process (``ChannelFactoryInitialize`` is a singleton; a second
@@ -20,16 +27,24 @@ Sequence in ``connect`` (g1-interface.md §5, §7):
    needs it *running*. In simulation there is no MotionSwitcher service: the step is skipped and logged.
 4. Listen on the command topic (from the start of connect, and ``writer_check_s`` after the first
    state): if anyone else publishes there, refuse.
-5. Start the publisher thread at ``rate_hz``. Until the first ``command`` it sends damping
-   (lowcmd: kp = 0, kd = damping kd) or weight 0 (arm_sdk).
+5. Start the publisher thread at ``rate_hz`` (unless ``publisher=False``). Until the first ``command``
+   it sends damping (lowcmd: kp = 0, kd = damping kd) or weight 0 (arm_sdk).
 
-Every LowCmd carries ``mode_pr = 0`` (PR), the latched ``mode_machine`` and a valid CRC. Every
-received LowState's CRC is checked; bad frames are dropped and counted (``accept_zero_crc`` lets
-a simulator that leaves crc = 0, like unitree_mujoco's Python bridge, through).
+Fresh state by construction: readers are polled (drivers/dds_io.py), never called per message, so
+the newest sample is used and any backlog is skipped (counted in ``stats["states_skipped"]``). A
+state's ``stamp`` is when the robot sent it, from its own ``tick`` (drivers/sender_clock.py), and
+``age_s`` runs from there: a backlog or a frozen robot clock shows up as age, which receipt time
+hides. A stream whose tick never advances (unitree_mujoco's Python bridge) falls back to receipt time
+(``RobotState.clock == "receipt"``, with a warning).
+
+Every LowCmd carries ``mode_pr = 0`` (PR), the latched ``mode_machine`` and a valid CRC, packed by
+drivers/hg_codec.py into one preallocated record and written as raw bytes. Every received
+LowState's CRC is checked; bad frames are dropped and counted (``accept_zero_crc`` lets a simulator
+that leaves crc = 0, like unitree_mujoco's Python bridge, through).
 
 ``arm_sdk`` mode: arms + waist (``g1_spec.ARM_SDK_JOINTS``) on ``rt/arm_sdk``, blend weight in
 ``motor_cmd[29].q``; the weight moves toward its target by at most ``arm_sdk_weight_rate / rate_hz``
-per tick (counted in ticks, so a late thread ramps slower, never faster) and is never dropped to
+per send (counted in sends, so a late loop ramps slower, never faster) and is never dropped to
 0 at once. ``damp()`` in arm_sdk mode holds the last target while the weight ramps to 0, handing
 the arms back to Unitree's controller (issue 5: "the weight ramps to 0 instead").
 """
@@ -37,7 +52,7 @@ the arms back to Unitree's controller (issue 5: "the weight ramps to 0 instead")
 from __future__ import annotations
 
 import atexit
-import gc
+import dataclasses
 import logging
 import os
 import threading
@@ -48,12 +63,17 @@ from typing import Any, Literal
 import numpy as np
 
 from . import g1_spec, hg_codec
+from .dds_io import RawReader, RawWriter, source_ns
 from .hands import SIDES, Dex3Hand
 from .remote import REMOTE_LOST_AFTER_S, Remote, RemoteError, RemoteMonitor
+from .sender_clock import SenderClock
 
 log = logging.getLogger(__name__)
 
 N = g1_spec.NUM_JOINTS
+STATE_DEPTH = 32  # samples a reader holds between polls (64 ms at 500 Hz); older ones are dropped by DDS
+POLL_WAIT_S = 0.0005  # sleep between polls while waiting for a state
+TICKLESS_AFTER = 50  # states with a constant tick before the stream is called tickless (warned once)
 
 
 class RobotError(RuntimeError):
@@ -130,11 +150,13 @@ class RobotState:
     remote_lost: bool
     tick: int
     mode_machine: int
-    stamp: float  # time.monotonic() at receipt
-    age_s: float  # at the state() call
+    stamp: float  # time.monotonic() at which the robot sent it, from its tick (see the module docstring)
+    age_s: float  # now - stamp, at the state() / poll() call
     stale: bool  # age_s > config.stale_after_s
     temperature: np.ndarray = field(default_factory=lambda: np.zeros((N, 2)))  # (29, 2) casing, winding °C
     motor_error: np.ndarray = field(default_factory=lambda: np.zeros(N, dtype=np.uint32))  # non-zero = fault
+    received: float = 0.0  # time.monotonic() at which this process took it from DDS
+    clock: Literal["tick", "receipt"] = "tick"  # what stamp is measured from ("receipt": tickless stream)
 
 
 # -- DDS initialisation: once per process -----------------------------------------------------------
@@ -179,42 +201,59 @@ def init_dds(domain: int, interface: str) -> None:
         _dds_init = (domain, interface)
 
 
-class _Target:
-    """One immutable command snapshot (replaced whole, so the publisher never sees a half update)."""
+class LowCmdTarget:
+    """One immutable command for all 29 joints (replaced whole, so a publisher never sees a half update).
+
+    ``damping``: the damping command (lowcmd: kp = 0, kd > 0 at the measured pose; arm_sdk: the
+    weight ramps to 0 while the last target is held).
+    """
 
     __slots__ = ("damping", "dq", "kd", "kp", "q", "tau")
 
-    def __init__(self, q: np.ndarray, dq: np.ndarray, tau: np.ndarray, kp: np.ndarray, kd: np.ndarray, damping: bool):
+    def __init__(self, q: np.ndarray, dq: np.ndarray, tau: np.ndarray, kp: np.ndarray, kd: np.ndarray,
+                 damping: bool = False) -> None:
         self.q, self.dq, self.tau, self.kp, self.kd, self.damping = q, dq, tau, kp, kd, damping
 
 
 class G1Robot:
-    """See the module docstring. Thread-safe: state() and command() may be called from any thread."""
+    """See the module docstring. Thread-safe: poll(), state(), command() and send() may be called from any thread.
+
+    Two ways to drive it:
+
+    * ``connect()`` (``publisher=True``): a thread sends the newest ``command()`` target at ``rate_hz``,
+      for tools and tests that set targets now and then (calibration, examples).
+    * ``connect(publisher=False)``: nothing is sent until the caller's own loop calls ``send()`` once
+      per tick, after ``poll()`` gave it the newest state. The real-time loop (runtime/realtime) works
+      so, with its safety layer between the two.
+    """
 
     def __init__(self, config: G1RobotConfig | None = None) -> None:
         self.config = config or G1RobotConfig()
-        self._lock = threading.Lock()
-        self._state_event = threading.Condition(self._lock)
-        self._raw: dict[str, Any] | None = None  # latest parsed state fields
+        cfg = self.config
+        self._lock = threading.Lock()  # guards the reader, the newest state and the target
+        self._latest: RobotState | None = None
         self._mode_machine: int | None = None
-        self._remote_monitor = RemoteMonitor(self.config.remote_lost_s)
-        self._target: _Target | None = None
+        self._clock = SenderClock(g1_spec.TICK_S)
+        self._warned_tickless = False
+        self._remote_monitor = RemoteMonitor(cfg.remote_lost_s)
+        self._target: LowCmdTarget | None = None
         self._weight = 0.0  # arm_sdk blend weight actually sent
-        self._weight_target = 0.0
+        self._weight_step = cfg.arm_sdk_weight_rate / cfg.rate_hz
+        self._hand_every = max(1, round(cfg.rate_hz / cfg.hand_rate_hz))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._state_sub: Any = None
-        self._cmd_pub: Any = None
-        self._hand_pubs: dict[str, Any] = {}
-        self._hand_subs: dict[str, Any] = {}
-        self._writer_check_sub: Any = None  # kept until disconnect (see _close_channels)
-        self._writer_check_count = 0
-        self._writer_check_listening = False
-        self._writer_check_t0 = 0.0
-        self.hands: dict[str, Dex3Hand] = {s: Dex3Hand(s) for s in SIDES} if self.config.hands else {}
+        self._state_reader: RawReader | None = None
+        self._cmd_writer: RawWriter | None = None
+        self._record: hg_codec.LowCmdRecord | None = None
+        self._hand_readers: dict[str, RawReader] = {}
+        self._hand_writers: dict[str, RawWriter] = {}
+        self._hand_msgs: dict[str, Any] = {}
+        self._hand_clocks = {s: SenderClock(1e-9, modulus=None) for s in SIDES}
+        self.hands: dict[str, Dex3Hand] = {s: Dex3Hand(s) for s in SIDES} if cfg.hands else {}
         self._connected = False
         # counters (read through .stats)
         self._states_received = 0
+        self._states_skipped = 0  # older samples taken together with a newer one: never handled
         self._crc_errors = 0
         self._mode_machine_mismatches = 0
         self._published = 0
@@ -229,54 +268,63 @@ class G1Robot:
     # ---------------------------------------------------------------------------------------------
     # connect / disconnect
     # ---------------------------------------------------------------------------------------------
-    def connect(self, timeout_s: float = 5.0) -> None:
+    def connect(self, timeout_s: float = 5.0, publisher: bool = True) -> None:
         """Wait for state, latch mode_machine, prepare the motion service, check for other writers,
-        then start publishing. RobotError (or RobotBusyError) with what to check on failure."""
+        then start publishing (``publisher=False``: the caller sends). RobotError (or RobotBusyError)
+        with what to check on failure."""
         if self._connected:
             return
         cfg = self.config
-        from unitree_sdk2py.core.channel import ChannelPublisher, ChannelSubscriber
-        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandState_, LowCmd_, LowState_
+        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandCmd_, HandState_, LowCmd_, LowState_
 
         init_dds(cfg.domain, cfg.interface)
+        writer_check: RawReader | None = None
         try:
-            self._start_writer_check(ChannelSubscriber, LowCmd_)
-            self._state_sub = ChannelSubscriber(g1_spec.TOPIC_LOWSTATE, LowState_)
-            self._state_sub.Init(self._on_lowstate, 0)
+            # Listen on the command topic from the very start, so DDS discovery of another writer has the
+            # whole state wait to complete, not only the final writer_check_s.
+            writer_check = RawReader(cfg.domain, cfg.command_topic, LowCmd_, depth=64)
+            t_listen = time.monotonic()
+            self._state_reader = RawReader(cfg.domain, g1_spec.TOPIC_LOWSTATE, LowState_, depth=STATE_DEPTH)
             self._wait_first_state(timeout_s)
             self._prepare_motion_service()
-            self._finish_writer_check()
-            if self.hands:
-                for side, hand in self.hands.items():
-                    sub = ChannelSubscriber(hand.state_topic, HandState_)
-                    sub.Init(hand.on_state, 0)
-                    self._hand_subs[side] = sub
-            self._cmd_pub = ChannelPublisher(cfg.command_topic, LowCmd_)
-            self._cmd_pub.Init()
-            if self.hands:
-                from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandCmd_
+            time.sleep(cfg.writer_check_s)
+            others = len(writer_check.take())
+            if others:
+                raise RobotBusyError(
+                    f"another process is already publishing on {cfg.command_topic} ({others} messages in "
+                    f"{time.monotonic() - t_listen:.1f} s on domain {cfg.domain}); stop it (another dit4dit-robot, "
+                    "a teleop or SDK example) before starting"
+                )
+            for side, hand in self.hands.items():
+                self._hand_readers[side] = RawReader(cfg.domain, hand.state_topic, HandState_, depth=STATE_DEPTH)
+                self._hand_writers[side] = RawWriter(cfg.domain, hand.cmd_topic, HandCmd_)
+                from unitree_sdk2py.idl.default import unitree_hg_msg_dds__HandCmd_
 
-                for side, hand in self.hands.items():
-                    pub = ChannelPublisher(hand.cmd_topic, HandCmd_)
-                    pub.Init()
-                    self._hand_pubs[side] = pub
+                self._hand_msgs[side] = unitree_hg_msg_dds__HandCmd_()
+            self._cmd_writer = RawWriter(cfg.domain, cfg.command_topic, LowCmd_)
         except BaseException:
             self._close_channels()
             raise
+        finally:
+            if writer_check is not None:
+                writer_check.close()
+        joints = g1_spec.ARM_SDK_JOINTS if cfg.mode == "arm_sdk" else range(N)
+        self._record = hg_codec.LowCmdRecord(int(self._mode_machine or 0), joints)
         self._weight = 0.0
-        self._weight_target = 0.0
         with self._lock:
-            self._target = self._damping_target(self._raw["q"])
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._publish_loop, name="g1-lowcmd", daemon=True)
-        self._thread.start()
+            self._target = self.damping_target()
         self._connected = True
+        if publisher:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._publish_loop, name="g1-lowcmd", daemon=True)
+            self._thread.start()
         # A program that exits without disconnect() (an exception in the controller) still leaves the
-        # robot damped / the weight ramped out, and its publisher thread never races interpreter teardown.
+        # robot damped / the weight ramped out.
         atexit.register(self._disconnect_at_exit)
         log.info(
-            "G1 connected: domain %d on %s, mode %s, mode_machine %d, publishing %s at %.0f Hz%s",
-            cfg.domain, cfg.interface, cfg.mode, self._mode_machine, cfg.command_topic, cfg.rate_hz,
+            "G1 connected: domain %d on %s, mode %s, mode_machine %d, %s %s%s",
+            cfg.domain, cfg.interface, cfg.mode, self._mode_machine, cfg.command_topic,
+            f"published at {cfg.rate_hz:.0f} Hz" if publisher else "sent by the caller's loop",
             " (simulation)" if cfg.is_simulation else "",
         )  # fmt: skip
 
@@ -284,20 +332,23 @@ class G1Robot:
         """Leave the robot passive, then stop publishing.
 
         lowcmd: damping for 0.1 s. arm_sdk: the weight ramps to 0 first (never dropped at once).
+        Without the publisher thread the caller's loop must have damped already; this sends the
+        damping command a while itself so the robot is never left on a live target.
         """
         if not self._connected:
             self._close_channels()
             return
         try:
             self.damp()
-            if self.config.mode == "arm_sdk":
-                limit = time.monotonic() + 1.5 * self._weight / self.config.arm_sdk_weight_rate + 0.5
-                while self._weight > 0.0 and time.monotonic() < limit and self._thread_alive():
-                    time.sleep(0.01)
-                if self._weight > 0.0:
-                    log.error("arm_sdk weight still %.3f at disconnect (publisher stalled)", self._weight)
-            else:
-                time.sleep(0.1)
+            own_loop = not self._thread_alive()
+            limit = time.monotonic() + (1.5 * self._weight / self.config.arm_sdk_weight_rate + 0.5
+                                        if self.config.mode == "arm_sdk" else 0.1)
+            while time.monotonic() < limit and (self.config.mode != "arm_sdk" or self._weight > 0.0):
+                if own_loop:
+                    self._send_target()
+                time.sleep(1.0 / self.config.rate_hz)
+            if self._weight > 0.0:
+                log.error("arm_sdk weight still %.3f at disconnect (publisher stalled)", self._weight)
         finally:
             self._stop.set()
             if self._thread is not None:
@@ -330,43 +381,138 @@ class G1Robot:
 
     @property
     def is_connected(self) -> bool:
-        return self._connected and self._thread_alive()
+        return self._connected and (self._thread is None or self._thread.is_alive())
+
+    def poll(self) -> RobotState | None:
+        """Take every rt/lowstate waiting and keep the newest valid one (older ones are never handled).
+
+        Non-blocking; returns the newest state so far (None before the first), its age as of now."""
+        with self._lock:
+            if self._state_reader is not None:
+                samples = self._state_reader.take()
+                if samples:
+                    self._handle_states(samples)
+            for side, reader in self._hand_readers.items():
+                samples = reader.take()
+                if samples:
+                    self._handle_hand_state(side, samples[-1], len(samples))
+            latest = self._latest
+        if latest is None:
+            return None
+        return self._aged(latest, time.monotonic())
 
     def state(self) -> RobotState:
-        """The newest state (copies), with its age. RobotError before the first state."""
-        with self._lock:
-            raw = self._raw
-        if raw is None:
+        """The newest state (read-only arrays), with its age. RobotError before the first state."""
+        st = self.poll()
+        if st is None:
             raise RobotError("no rt/lowstate received yet; call connect() first")
-        now = time.monotonic()
-        age = now - raw["stamp"]
-        remote = raw["remote"]
-        return RobotState(
-            q=raw["q"].copy(),
-            dq=raw["dq"].copy(),
-            tau=raw["tau"].copy(),
-            imu=ImuState(raw["quat"].copy(), raw["rpy"].copy(), raw["gyro"].copy(), raw["acc"].copy(), raw["imu_temp"]),
-            remote=remote,
-            remote_lost=self._remote_monitor.lost(now),
-            tick=raw["tick"],
-            mode_machine=raw["mode_machine"],
-            stamp=raw["stamp"],
-            age_s=age,
-            stale=age > self.config.stale_after_s,
-            temperature=raw["temperature"].copy(),
-            motor_error=raw["motor_error"].copy(),
-        )
+        return st
 
     def wait_for_state(self, newer_than: float, timeout_s: float) -> bool:
-        """Block until a state received after ``newer_than`` (monotonic) arrives; False on timeout."""
+        """Block until a state sent after ``newer_than`` (monotonic, ``RobotState.stamp``) arrives; False on timeout."""
         deadline = time.monotonic() + timeout_s
-        with self._lock:
-            while self._raw is None or self._raw["stamp"] <= newer_than:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._state_event.wait(left)
-        return True
+        while True:
+            st = self.poll()
+            if st is not None and st.stamp > newer_than:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_WAIT_S)
+
+    def _aged(self, st: RobotState, now: float) -> RobotState:
+        age = now - st.stamp
+        return dataclasses.replace(st, age_s=age, stale=age > self.config.stale_after_s,
+                                   remote_lost=self._remote_monitor.lost(now))
+
+    def _handle_states(self, samples: list[tuple[bytes, int]]) -> None:
+        """Newest valid sample first: older samples in the same batch are skipped, not handled in order."""
+        received = time.monotonic()
+        self._states_received += len(samples)
+        for k in range(len(samples) - 1, -1, -1):
+            try:
+                rec = hg_codec.lowstate_from_cdr(samples[k][0])
+            except ValueError as e:  # malformed sample: count it like a bad CRC
+                self._crc_errors += 1
+                log.warning("dropped malformed rt/lowstate: %s", e)
+                continue
+            crc = int(rec["crc"])
+            if not (crc == 0 and self.config.accept_zero_crc) and crc != hg_codec.packed_crc(rec):
+                self._crc_errors += 1
+                if self._crc_errors in (1, 10, 100) or self._crc_errors % 1000 == 0:
+                    log.warning("dropped rt/lowstate with a bad CRC (%d so far)", self._crc_errors)
+                continue
+            self._states_skipped += k
+            self._latest = self._parse_state(rec, received)
+            return
+
+    def _parse_state(self, rec: np.ndarray, received: float) -> RobotState:
+        ms = rec["motor_state"][:N]
+        imu = rec["imu_state"]
+        try:
+            remote = Remote.parse(rec["wireless_remote"].tobytes())
+        except RemoteError:  # cannot happen with 40 bytes; keep the state anyway
+            remote = Remote()
+        mm = int(rec["mode_machine"])
+        if self._mode_machine is None:
+            self._mode_machine = mm
+        elif mm != self._mode_machine:
+            self._mode_machine_mismatches += 1
+            if self._mode_machine_mismatches == 1:
+                log.error("rt/lowstate mode_machine changed from %d to %d; commands keep %d",
+                          self._mode_machine, mm, self._mode_machine)  # fmt: skip
+        tick = int(rec["tick"])
+        restarts = self._clock.restarts
+        sent_at = self._clock.observe(tick, received)
+        if self._clock.restarts != restarts:
+            log.warning("rt/lowstate tick went back (to %d): the robot's clock restarted; re-anchored", tick)
+        if not self._clock.ticking and self._states_received > TICKLESS_AFTER and not self._warned_tickless:
+            self._warned_tickless = True
+            log.warning("rt/lowstate tick never advances (always %d): state age is measured from receipt, so a "
+                        "backlog or a frozen robot cannot be seen (a simulator that sets no tick?)", tick)  # fmt: skip
+        self._remote_monitor.update(remote, received)
+        arrays = {
+            "q": ms["q"], "dq": ms["dq"], "tau": ms["tau_est"], "temperature": ms["temperature"],
+            "quat": imu["quaternion"], "rpy": imu["rpy"], "gyro": imu["gyroscope"], "acc": imu["accelerometer"],
+        }  # fmt: skip
+        a = {k: _frozen(v.astype(np.float64)) for k, v in arrays.items()}
+        return RobotState(
+            q=a["q"], dq=a["dq"], tau=a["tau"],
+            imu=ImuState(a["quat"], a["rpy"], a["gyro"], a["acc"], float(imu["temperature"])),
+            remote=remote, remote_lost=False, tick=tick, mode_machine=mm, stamp=sent_at, age_s=0.0, stale=False,
+            temperature=a["temperature"], motor_error=_frozen(ms["motorstate"].astype(np.uint32)),
+            received=received, clock="tick" if self._clock.ticking else "receipt",
+        )  # fmt: skip
+
+    def _handle_hand_state(self, side: str, newest: tuple[bytes, int], n: int) -> None:
+        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandState_
+
+        received = time.monotonic()
+        try:
+            msg = HandState_.deserialize(newest[0])
+        except Exception as e:  # noqa: BLE001 - a malformed sample is dropped, the stream goes on
+            log.warning("dropped malformed %s: %s", self.hands[side].state_topic, e)
+            return
+        # No tick in HandState_: the sender's DDS source timestamp is its clock.
+        sent_at = self._hand_clocks[side].observe(int(newest[1]), received)
+        self.hands[side].on_state(msg, stamp=sent_at)
+
+    def _wait_first_state(self, timeout_s: float) -> None:
+        cfg = self.config
+        deadline = time.monotonic() + timeout_s
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(POLL_WAIT_S)
+        if self._latest is None:
+            hint = (
+                f"is dit4dit-sim running on this domain? (`dit4dit-sim --domain {cfg.domain}`)"
+                if cfg.is_simulation
+                else "is the robot on, the cable in, and this PC on 192.168.123.0/24?"
+            )
+            extra = f" ({self._crc_errors} frames dropped for a bad CRC)" if self._crc_errors else ""
+            raise RobotError(
+                f"no {g1_spec.TOPIC_LOWSTATE} within {timeout_s:.1f} s on DDS domain {cfg.domain}, "
+                f"interface {cfg.interface!r}{extra}; {hint}"
+            )
+        log.info("first rt/lowstate: mode_machine %d latched", self._mode_machine)
 
     @property
     def arm_sdk_weight(self) -> float:
@@ -377,6 +523,7 @@ class G1Robot:
     def stats(self) -> dict[str, float]:
         return {
             "states_received": self._states_received,
+            "states_skipped": self._states_skipped,
             "crc_errors": self._crc_errors,
             "mode_machine_mismatches": self._mode_machine_mismatches,
             "published": self._published,
@@ -411,128 +558,95 @@ class G1Robot:
         dq: np.ndarray | None = None,
         tau: np.ndarray | None = None,
     ) -> None:
-        """Set the latest target (29 joints, g1_spec order). In arm_sdk mode only the arm/waist
-        entries are sent and the weight ramps to 1. No limiting here: runtime/safety.py does that."""
+        """Set the latest target (29 joints, g1_spec order) for the publisher thread. In arm_sdk mode only
+        the arm/waist entries are sent and the weight ramps to 1. No limiting here: runtime/safety.py does that."""
         if not self._connected:
             raise RobotError("G1Robot.command before connect()")
-        target = _Target(
-            _vec("q", q),
-            _vec("dq", 0.0 if dq is None else dq),
-            _vec("tau", 0.0 if tau is None else tau),
-            _vec("kp", kp, nonneg=True),
-            _vec("kd", kd, nonneg=True),
-            damping=False,
-        )
+        target = make_target(q, kp, kd, dq, tau)
         with self._lock:
             self._target = target
-        self._weight_target = 1.0
-        if not self._thread_alive():
+        if self._thread is not None and not self._thread.is_alive():
             raise RobotError(f"the command publisher thread has stopped: {self._last_publish_error}")
 
     def damp(self, kd: float | None = None) -> None:
         """lowcmd: kp = 0, kd > 0 on every joint, still published at rate_hz.
         arm_sdk: hold the last target while the weight ramps to 0 (arms return to Unitree's controller).
         Dex3 hands (if on) are released (passive)."""
+        for hand in self.hands.values():
+            hand.stop()  # Dex3: timeout bit, kp = kd = 0 (passive)
+        target = self.damping_target(kd)
+        with self._lock:
+            self._target = target
+
+    def damping_target(self, kd: float | None = None) -> LowCmdTarget:
+        """The damping command now: lowcmd kp = 0, kd at the measured pose; arm_sdk the last target, weight -> 0."""
         kd = self.config.damping_kd if kd is None else float(kd)
         if not kd > 0:
             raise ValueError(f"damping kd must be > 0, got {kd}")
-        for hand in self.hands.values():
-            hand.stop()  # Dex3: timeout bit, kp = kd = 0 (passive)
-        with self._lock:
-            if self.config.mode == "lowcmd":
-                q = self._raw["q"] if self._raw is not None else np.zeros(N)
-                self._target = self._damping_target(q, kd)
-        self._weight_target = 0.0
+        last = self._target
+        if self.config.mode == "arm_sdk" and last is not None:
+            return LowCmdTarget(last.q, last.dq, last.tau, last.kp, last.kd, damping=True)
+        latest = self._latest
+        q = np.array(latest.q if latest is not None else np.zeros(N), dtype=np.float64)
+        z = np.zeros(N)
+        return LowCmdTarget(q, z, z, z, np.full(N, kd), damping=True)
 
     @property
     def damping(self) -> bool:
         """True while the damping command (lowcmd) or the weight ramp-out (arm_sdk) is in force."""
-        if self.config.mode == "arm_sdk":
-            return self._weight_target == 0.0
         t = self._target
         return t is None or t.damping
+
+    def send(self, target: LowCmdTarget, stamp_ns: int | None = None) -> int:
+        """Publish one LowCmd now (``publisher=False`` mode: the caller's loop, once per tick).
+
+        ``stamp_ns``: ``time.monotonic_ns()`` the caller's limits were computed for; it becomes the DDS
+        source timestamp, so what is recorded on the wire is timed as the caller reasoned. Returns it.
+        arm_sdk: the weight moves one step toward 1 (0 when damping) per call, counted in sends, so a
+        late loop ramps slower, never faster. Dex3 hands go out every ``rate_hz / hand_rate_hz`` sends.
+        """
+        rec, writer = self._record, self._cmd_writer
+        if rec is None or writer is None:
+            raise RobotError("G1Robot.send before connect()")
+        stamp_ns = time.monotonic_ns() if stamp_ns is None else stamp_ns
+        if self.config.mode == "arm_sdk":
+            self._weight = ramp_toward(self._weight, 0.0 if target.damping else 1.0, self._weight_step)
+            rec.set_slot_q(g1_spec.ARM_SDK_WEIGHT_SLOT, self._weight)
+        rec.set(target.q, target.dq, target.tau, target.kp, target.kd)
+        try:
+            writer.write(rec.serialize(), source_ns(stamp_ns))
+            self._published += 1
+        except RuntimeError as e:
+            self._publish_errors += 1
+            self._last_publish_error = str(e)
+        i = self._send_count % len(self._send_times)
+        self._send_times[i] = stamp_ns * 1e-9
+        self._send_weights[i] = self._weight
+        if self._hand_writers and self._send_count % self._hand_every == 0:
+            for side, hand in self.hands.items():
+                msg = self._hand_msgs[side]
+                hand.fill(msg)
+                self._hand_writers[side].write(msg.serialize(), source_ns(stamp_ns))
+        self._send_count += 1
+        return stamp_ns
+
+    def sent_q(self) -> np.ndarray:
+        """The joint targets of the last LowCmd as they went on the wire (float32 values)."""
+        if self._record is None:
+            raise RobotError("G1Robot.sent_q before connect()")
+        return self._record.sent_q()
 
     # ---------------------------------------------------------------------------------------------
     # internals
     # ---------------------------------------------------------------------------------------------
-    def _damping_target(self, q: np.ndarray, kd: float | None = None) -> _Target:
-        kd = self.config.damping_kd if kd is None else kd
-        z = np.zeros(N)
-        return _Target(np.array(q, dtype=np.float64), z, z, z, np.full(N, kd), damping=True)
-
     def _thread_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _on_lowstate(self, msg: Any) -> None:
-        """DDS listener: CRC check, parse into arrays, publish under the lock."""
-        stamp = time.monotonic()
-        try:
-            rec = hg_codec.pack_lowstate(msg)
-        except (ValueError, TypeError) as e:  # malformed sample: count it like a bad CRC
-            self._crc_errors += 1
-            log.warning("dropped malformed rt/lowstate: %s", e)
-            return
-        crc = int(rec["crc"])
-        if not (crc == 0 and self.config.accept_zero_crc) and crc != hg_codec.packed_crc(rec):
-            self._crc_errors += 1
-            if self._crc_errors in (1, 10, 100) or self._crc_errors % 1000 == 0:
-                log.warning("dropped rt/lowstate with a bad CRC (%d so far)", self._crc_errors)
-            return
-        ms = rec["motor_state"][:N]
-        imu = rec["imu_state"]
-        try:
-            remote = Remote.parse(rec["wireless_remote"].tobytes())
-        except RemoteError:  # cannot happen with 40 bytes; keep the state anyway
-            remote = Remote()
-        mm = int(rec["mode_machine"])
-        raw = {
-            "q": ms["q"].astype(np.float64),
-            "dq": ms["dq"].astype(np.float64),
-            "tau": ms["tau_est"].astype(np.float64),
-            "temperature": ms["temperature"].astype(np.float64),
-            "motor_error": ms["motorstate"].astype(np.uint32),
-            "quat": imu["quaternion"].astype(np.float64),
-            "rpy": imu["rpy"].astype(np.float64),
-            "gyro": imu["gyroscope"].astype(np.float64),
-            "acc": imu["accelerometer"].astype(np.float64),
-            "imu_temp": float(imu["temperature"]),
-            "tick": int(rec["tick"]),
-            "mode_machine": mm,
-            "remote": remote,
-            "stamp": stamp,
-        }
+    def _send_target(self) -> None:
         with self._lock:
-            if self._mode_machine is None:
-                self._mode_machine = mm
-            elif mm != self._mode_machine:
-                self._mode_machine_mismatches += 1
-                if self._mode_machine_mismatches == 1:
-                    log.error("rt/lowstate mode_machine changed from %d to %d; commands keep %d",
-                              self._mode_machine, mm, self._mode_machine)  # fmt: skip
-            self._remote_monitor.update(remote, stamp)
-            self._raw = raw
-            self._states_received += 1
-            self._state_event.notify_all()
-
-    def _wait_first_state(self, timeout_s: float) -> None:
-        cfg = self.config
-        deadline = time.monotonic() + timeout_s
-        with self._lock:
-            while self._raw is None and time.monotonic() < deadline:
-                self._state_event.wait(max(0.0, deadline - time.monotonic()))
-            got = self._raw is not None
-        if not got:
-            hint = (
-                f"is dit4dit-sim running on this domain? (`dit4dit-sim --domain {cfg.domain}`)"
-                if cfg.is_simulation
-                else "is the robot on, the cable in, and this PC on 192.168.123.0/24?"
-            )
-            extra = f" ({self._crc_errors} frames dropped for a bad CRC)" if self._crc_errors else ""
-            raise RobotError(
-                f"no {g1_spec.TOPIC_LOWSTATE} within {timeout_s:.1f} s on DDS domain {cfg.domain}, "
-                f"interface {cfg.interface!r}{extra}; {hint}"
-            )
-        log.info("first rt/lowstate: mode_machine %d latched", self._mode_machine)
+            target = self._target
+        if target is not None:
+            self.send(target)
 
     def _prepare_motion_service(self) -> None:
         cfg = self.config
@@ -582,113 +696,36 @@ class G1Robot:
                 return
         raise RobotError(f"MotionSwitcher could not release motion service {name!r} after 10 tries; use debug mode (L2+R2)")
 
-    def _start_writer_check(self, subscriber_cls: Any, msg_type: Any) -> None:
-        """Listen on the command topic from the very start of connect(), so DDS discovery of another
-        writer has the whole state wait to complete, not only the final ``writer_check_s``."""
-        self._writer_check_count = 0
-        self._writer_check_listening = True
-
-        def count(_msg: Any) -> None:
-            if self._writer_check_listening:
-                self._writer_check_count += 1
-
-        # Kept open (muted) until disconnect: all channels are closed together in _close_channels.
-        sub = subscriber_cls(self.config.command_topic, msg_type)
-        sub.Init(count, 0)
-        self._writer_check_sub = sub
-        self._writer_check_t0 = time.monotonic()
-
-    def _finish_writer_check(self) -> None:
-        """After the first state: listen ``writer_check_s`` more, then refuse if anyone else published."""
-        time.sleep(self.config.writer_check_s)
-        self._writer_check_listening = False
-        n, listened = self._writer_check_count, time.monotonic() - self._writer_check_t0
-        if n:
-            topic = self.config.command_topic
-            raise RobotBusyError(
-                f"another process is already publishing on {topic} ({n} messages in {listened:.1f} s on domain "
-                f"{self.config.domain}); stop it (another dit4dit-robot, a teleop or SDK example) before starting"
-            )
-
     def _close_channels(self) -> None:
-        channels = [self._cmd_pub, self._state_sub, self._writer_check_sub, *self._hand_pubs.values(),
-                    *self._hand_subs.values()]  # fmt: skip
-        self._cmd_pub = self._state_sub = self._writer_check_sub = None
-        self._hand_pubs.clear()
-        self._hand_subs.clear()
-        # Remove every listener first: dds_set_listener(NULL) waits for callbacks in flight. Deleting an
-        # entity while its listener runs can make the last reference drop on the CycloneDDS receive
-        # thread, whose dds_delete then waits for the very callback it is in: a deadlock.
-        for ch in channels:
-            if ch is not None:
-                _quiesce_channel(ch)
-        for ch in channels:
-            if ch is not None:
-                try:
-                    ch.Close()
-                except Exception as e:  # noqa: BLE001 - closing must not mask the original error
-                    log.debug("closing channel: %s", e)
-        del channels
-        gc.collect()
+        # Polled readers have no listener, so closing never waits on a callback in flight (the SDK's
+        # listener-based subscribers could deadlock here under load).
+        with self._lock:
+            readers = [self._state_reader, *self._hand_readers.values()]
+            self._state_reader = None
+            self._hand_readers.clear()
+        for r in readers:
+            if r is not None:
+                r.close()
+        for w in [self._cmd_writer, *self._hand_writers.values()]:
+            if w is not None:
+                w.close()
+        self._cmd_writer = None
+        self._hand_writers.clear()
 
     def _publish_loop(self) -> None:
-        from unitree_sdk2py.idl.default import unitree_hg_msg_dds__HandCmd_, unitree_hg_msg_dds__LowCmd_
-
         cfg = self.config
         if cfg.rt_priority > 0:
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg.rt_priority))  # this thread only
-                log.info("command publisher runs SCHED_FIFO priority %d", cfg.rt_priority)
-            except (PermissionError, OSError) as e:
-                log.warning("cannot set SCHED_FIFO priority %d for the command publisher (%s); running at normal "
-                            "priority. Grant it with `sudo setcap cap_sys_nice+ep $(readlink -f $(which python3))` "
-                            "or an rtprio limit in /etc/security/limits.conf", cfg.rt_priority, e)  # fmt: skip
+            set_realtime_priority(cfg.rt_priority, "command publisher")
         period = 1.0 / cfg.rate_hz
-        hand_every = max(1, round(cfg.rate_hz / cfg.hand_rate_hz))
-        weight_step = cfg.arm_sdk_weight_rate / cfg.rate_hz
-        msg = unitree_hg_msg_dds__LowCmd_()
-        hand_msgs = {s: unitree_hg_msg_dds__HandCmd_() for s in self.hands}
-        rec = np.zeros((), dtype=hg_codec.LOWCMD_DTYPE)
-        rec["mode_machine"] = self._mode_machine
-        msg.mode_pr = 0
-        msg.mode_machine = int(self._mode_machine or 0)
-        arm_sdk = cfg.mode == "arm_sdk"
-        joints = np.array(g1_spec.ARM_SDK_JOINTS if arm_sdk else range(N))
-        mc = rec["motor_cmd"]
-        mc["mode"][joints] = 1
-        tick = 0
         next_t = time.monotonic()
         while not self._stop.is_set():
             try:
-                t = self._target
-                if arm_sdk:
-                    # Move the weight toward its target by at most one step per tick.
-                    w = ramp_toward(self._weight, self._weight_target, weight_step)
-                    self._weight = w
-                    mc["q"][g1_spec.ARM_SDK_WEIGHT_SLOT] = w
-                mc["q"][joints] = t.q[joints]
-                mc["dq"][joints] = t.dq[joints]
-                mc["tau"][joints] = t.tau[joints]
-                mc["kp"][joints] = t.kp[joints]
-                mc["kd"][joints] = t.kd[joints]
-                self._fill_msg(msg, rec)
-                sent_at = time.monotonic()
-                if not self._cmd_pub.Write(msg):
-                    self._publish_errors += 1
-                else:
-                    self._published += 1
-                self._send_times[self._send_count % len(self._send_times)] = sent_at
-                self._send_weights[self._send_count % len(self._send_weights)] = self._weight
-                self._send_count += 1
-                if self.hands and tick % hand_every == 0:
-                    for side, hand in self.hands.items():
-                        hand.fill(hand_msgs[side])
-                        self._hand_pubs[side].Write(hand_msgs[side])
+                self.poll()  # keep the state fresh even when nobody asks for it
+                self._send_target()
             except Exception as e:
                 self._last_publish_error = repr(e)
                 log.exception("command publisher failed; stopping it")
                 return
-            tick += 1
             next_t += period
             delay = next_t - time.monotonic()
             if delay > 0:
@@ -699,37 +736,36 @@ class G1Robot:
                 if -delay > period:  # fell a whole period behind: resynchronise rather than burst
                     next_t = time.monotonic()
 
-    @staticmethod
-    def _fill_msg(msg: Any, rec: np.ndarray) -> None:
-        """Copy the packed record into the IDL message and set its CRC (computed on the same float32s)."""
-        mc = rec["motor_cmd"]
-        modes, qs, dqs, taus, kps, kds = (mc[k].tolist() for k in ("mode", "q", "dq", "tau", "kp", "kd"))
-        for i, m in enumerate(msg.motor_cmd):
-            m.mode = modes[i]
-            m.q = qs[i]
-            m.dq = dqs[i]
-            m.tau = taus[i]
-            m.kp = kps[i]
-            m.kd = kds[i]
-        msg.crc = hg_codec.packed_crc(rec)
+
+def set_realtime_priority(priority: int, what: str) -> bool:
+    """SCHED_FIFO at ``priority`` for the calling thread (threads it starts afterwards inherit it).
+
+    False, with a warning saying how to grant it, where the OS refuses."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError, AttributeError) as e:
+        log.warning("cannot run the %s SCHED_FIFO at priority %d (%s); running at normal priority. Grant it with "
+                    "`sudo setcap cap_sys_nice+ep $(readlink -f $(which python3))` or an rtprio limit in "
+                    "/etc/security/limits.conf", what, priority, e)  # fmt: skip
+        return False
+    log.info("%s runs SCHED_FIFO priority %d", what, priority)
+    return True
 
 
-def _quiesce_channel(ch: Any) -> None:
-    """Remove the listener of an SDK ChannelPublisher/ChannelSubscriber's DDS entity (see _close_channels).
+def make_target(q: Any, kp: Any, kd: Any, dq: Any = None, tau: Any = None) -> LowCmdTarget:
+    """A validated LowCmdTarget: finite (29,) arrays, gains >= 0 (ValueError naming the field)."""
+    return LowCmdTarget(
+        _vec("q", q),
+        _vec("dq", 0.0 if dq is None else dq),
+        _vec("tau", 0.0 if tau is None else tau),
+        _vec("kp", kp, nonneg=True),
+        _vec("kd", kd, nonneg=True),
+    )
 
-    The SDK keeps the entity private; if its layout ever changes this degrades to a plain Close().
-    """
-    channel = getattr(ch, "_ChannelSubscriber__channel", None) or getattr(ch, "_ChannelPublisher__channel", None)
-    if channel is None:
-        return
-    for holder, attr in ((getattr(channel, "_Channel__reader", None), "_Reader__reader"),
-                         (getattr(channel, "_Channel__writer", None), "_Writer__writer")):  # fmt: skip
-        entity = getattr(holder, attr, None) if holder is not None else None
-        if entity is not None and hasattr(entity, "set_listener"):
-            try:
-                entity.set_listener(None)
-            except Exception as e:  # noqa: BLE001 - best effort before Close()
-                log.debug("removing DDS listener: %s", e)
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
 
 
 def ramp_toward(value: float, target: float, max_step: float) -> float:

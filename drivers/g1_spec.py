@@ -16,6 +16,7 @@ NUM_JOINTS = 29
 NUM_MOTOR_SLOTS = 35  # unitree_hg LowCmd_/LowState_ carry 35 motor slots
 ARM_SDK_WEIGHT_SLOT = 29  # rt/arm_sdk: motor_cmd[29].q is the blend weight in [0, 1]
 CONTROL_DT = 0.002  # 500 Hz, the G1's low-level command and state rate
+TICK_S = 0.001  # LowState_.tick counts milliseconds of the robot's own clock
 
 # Topics (unitree_hg IDL)
 TOPIC_LOWCMD = "rt/lowcmd"

@@ -5,8 +5,10 @@ bit 7 timeout. A stopped hand is sent timeout = 1 with kp = kd = 0. Motor order 
 ``g1_spec.DEX3_JOINTS`` (thumb_0..2, index_0..1, middle_0..1; unitree_mujoco's order; index and
 middle share limits, so only the labels are at stake if a unit orders them the other way).
 
-The hands are driven from G1Robot's publisher thread at ``rate_hz`` (100 Hz, as Unitree's tools);
-this module only holds the targets, builds messages and parses state.
+The hands are sent with G1Robot's commands at ``hand_rate_hz`` (100 Hz, as Unitree's tools); this
+module only holds the targets, builds messages and parses state. A state's ``stamp`` is when the hand
+sent it (the driver maps the sample's DDS source timestamp onto this host's clock), so ``age_s``
+shows a backlog or a silent hand.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class HandState:
     q: np.ndarray  # (7,) rad, DEX3_JOINTS order
     dq: np.ndarray
     tau: np.ndarray
-    stamp: float  # time.monotonic() of receipt
+    stamp: float  # time.monotonic() at which the hand sent it (drivers/sender_clock.py)
     age_s: float
 
 
@@ -99,13 +101,14 @@ class Dex3Hand:
             m.kp = float(kp[i]) if active else 0.0
             m.kd = float(kd[i]) if active else 0.0
 
-    def on_state(self, msg: Any) -> None:
+    def on_state(self, msg: Any, stamp: float | None = None) -> None:
+        """A HandState_ sent at ``stamp`` (monotonic s; None = now)."""
         ms = msg.motor_state[:NUM_HAND_JOINTS]
         st = HandState(
             q=np.array([m.q for m in ms]),
             dq=np.array([m.dq for m in ms]),
             tau=np.array([m.tau_est for m in ms]),
-            stamp=time.monotonic(),
+            stamp=time.monotonic() if stamp is None else stamp,
             age_s=0.0,
         )
         with self._lock:

@@ -6,6 +6,17 @@ numpy structured arrays and runs the same CRC-32 (poly 0x04C11DB7, init 0xFFFFFF
 over little-endian uint32 words excluding the crc word). ``tests/test_robot_codec.py`` checks
 it against the SDK's own implementation.
 
+It also converts between that C layout and the XCDR1 bytes CycloneDDS carries (``*_to_cdr`` /
+``*_from_cdr``), so the driver and the simulator read and write samples as one buffer instead of
+through cyclonedds-python's field-by-field IDL serializer (~0.5 ms a message here, a quarter of the
+2 ms budget). ``tests/test_robot_codec.py`` checks the bytes against ``serialize()``.
+
+The C layout pads each motor struct's leading ``mode`` byte to 4; XCDR1 aligns only the next
+float, and does not pad a struct's end. So the first motor of either message starts earlier on the
+wire (LowCmd: at body offset 2 instead of 4; LowState: 70 instead of 72, after the 56-byte IMU struct
+that XCDR1 ends at 54), with one pad byte after its ``mode``; from the second motor on the two
+layouts agree, shifted by 4 bytes.
+
 Used by the driver (CRC on every LowCmd, CRC check on every LowState) and by anything that
 publishes LowState (the simulator, test publishers).
 """
@@ -144,3 +155,126 @@ def pack_lowstate(st: Any) -> np.ndarray:
 
 def lowstate_crc(st: Any) -> int:
     return packed_crc(pack_lowstate(st))
+
+
+# -- C layout <-> XCDR1 sample bytes ------------------------------------------------------------
+CDR_LE_HEADER = b"\x00\x01\x00\x00"  # XCDR1, little-endian, no options
+LOWCMD_CDR_SIZE = 4 + 1000
+LOWSTATE_CDR_SIZE = 4 + 2088
+
+
+def _check_size(what: str, data: bytes | memoryview, size: int) -> None:
+    if len(data) != size:
+        raise ValueError(f"{what} must be {size} bytes, got {len(data)}")
+
+
+def _record(packed: bytes, dtype: np.dtype) -> np.ndarray:
+    """A writable 0-d record over a copy of ``packed``, padding bytes included (the CRC covers them;
+    indexing a structured array and copying the scalar would not keep them)."""
+    return np.frombuffer(bytearray(packed), dtype=dtype).reshape(())
+
+
+def lowcmd_to_cdr(packed: bytes) -> bytes:
+    """C-layout LowCmd_ (1004 bytes) -> the serialized sample (header + 1000-byte body)."""
+    _check_size("packed LowCmd_", packed, LOWCMD_DTYPE.itemsize)
+    return CDR_LE_HEADER + packed[0:2] + packed[4:5] + b"\x00" + packed[8:]
+
+
+def lowcmd_from_cdr(sample: bytes) -> np.ndarray:
+    """A serialized LowCmd_ sample -> one LOWCMD_DTYPE record (a copy)."""
+    _check_size("a serialized rt/lowcmd sample", sample, LOWCMD_CDR_SIZE)
+    body = sample[4:]
+    packed = body[0:2] + b"\x00\x00" + body[2:3] + b"\x00\x00\x00" + body[4:]
+    return _record(packed, LOWCMD_DTYPE)
+
+
+def lowstate_to_cdr(packed: bytes) -> bytes:
+    """C-layout LowState_ (2092 bytes) -> the serialized sample (header + 2088-byte body)."""
+    _check_size("packed LowState_", packed, LOWSTATE_DTYPE.itemsize)
+    return CDR_LE_HEADER + packed[0:70] + packed[72:73] + b"\x00" + packed[76:]
+
+
+def lowstate_from_cdr(sample: bytes) -> np.ndarray:
+    """A serialized LowState_ sample -> one LOWSTATE_DTYPE record (a copy)."""
+    _check_size("a serialized rt/lowstate sample", sample, LOWSTATE_CDR_SIZE)
+    body = sample[4:]
+    packed = body[0:70] + b"\x00\x00" + body[70:71] + b"\x00\x00\x00" + body[72:]
+    return _record(packed, LOWSTATE_DTYPE)
+
+
+class LowCmdRecord:
+    """One reusable LowCmd_ in the C layout: ``set`` the motor fields from arrays, then ``serialize``.
+
+    ``mode_machine`` is latched from the robot's LowState; ``mode_pr`` stays 0 (PR). Nothing is
+    allocated per message apart from the output bytes.
+    """
+
+    def __init__(self, mode_machine: int, joints: Any = None) -> None:
+        self.rec = np.zeros((), dtype=LOWCMD_DTYPE)
+        self.rec["mode_machine"] = mode_machine
+        self.joints = np.arange(g1_spec.NUM_JOINTS) if joints is None else np.asarray(joints)
+        self._mc = self.rec["motor_cmd"]
+        self._mc["mode"][self.joints] = 1
+
+    def set(self, q: np.ndarray, dq: np.ndarray, tau: np.ndarray, kp: np.ndarray, kd: np.ndarray) -> None:
+        """Fields over all 29 joints (g1_spec order); only ``joints`` are written."""
+        j, mc = self.joints, self._mc
+        mc["q"][j] = q[j]
+        mc["dq"][j] = dq[j]
+        mc["tau"][j] = tau[j]
+        mc["kp"][j] = kp[j]
+        mc["kd"][j] = kd[j]
+
+    def set_slot_q(self, slot: int, value: float) -> None:
+        """A motor slot used as a parameter (arm_sdk: the blend weight in ``motor_cmd[29].q``)."""
+        self._mc["q"][slot] = value
+
+    def sent_q(self) -> np.ndarray:
+        """The 29 joint targets as float32 went on the wire (what the robot receives)."""
+        return self._mc["q"][: g1_spec.NUM_JOINTS].astype(np.float64)
+
+    def serialize(self) -> bytes:
+        self.rec["crc"] = packed_crc(self.rec)
+        return lowcmd_to_cdr(self.rec.tobytes())
+
+
+class LowStateRecord:
+    """One reusable LowState_ in the C layout; ``fill`` then ``serialize`` (simulators, test publishers)."""
+
+    def __init__(self, mode_machine: int) -> None:
+        self.rec = np.zeros((), dtype=LOWSTATE_DTYPE)
+        self.rec["mode_machine"] = mode_machine
+
+    def fill(self, *, q: np.ndarray, dq: np.ndarray, ddq: np.ndarray, tau: np.ndarray, quaternion: np.ndarray,
+             rpy: np.ndarray, gyroscope: np.ndarray, accelerometer: np.ndarray, tick: int,
+             wireless_remote: bytes | list[int], motor_mode: int = 1, temperature: int = 0,
+             voltage: float = 0.0, imu_temperature: int = 0) -> None:
+        m = self.rec["motor_state"]
+        n = g1_spec.NUM_JOINTS
+        m["mode"][:n] = motor_mode
+        m["q"][:n] = q
+        m["dq"][:n] = dq
+        m["ddq"][:n] = ddq
+        m["tau_est"][:n] = tau
+        m["temperature"][:n] = temperature
+        m["vol"][:n] = voltage
+        imu = self.rec["imu_state"]
+        imu["quaternion"] = quaternion
+        imu["rpy"] = rpy
+        imu["gyroscope"] = gyroscope
+        imu["accelerometer"] = accelerometer
+        imu["temperature"] = imu_temperature
+        self.rec["tick"] = tick & 0xFFFFFFFF
+        self.rec["wireless_remote"] = np.frombuffer(bytes(wireless_remote), dtype=np.uint8)
+
+    def serialize(self, crc: int | None = None) -> bytes:
+        """Set the CRC (computed, or ``crc`` as given: a simulator that sends 0) and return the sample."""
+        self.rec["crc"] = 0
+        self.rec["crc"] = packed_crc(self.rec) if crc is None else crc
+        return lowstate_to_cdr(self.rec.tobytes())
+
+    def to_idl(self) -> Any:
+        """The same message as an unitree_sdk2py ``LowState_`` object."""
+        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
+
+        return LowState_.deserialize(self.serialize())

@@ -329,7 +329,7 @@ def test_camera_stream_frames_and_injected_latency(sim):
 def test_lowstate_bytes_equal_the_sdk_serializer():
     """The fast rt/lowstate path emits exactly what LowState_.serialize() would, with the SDK's CRC."""
     from dit4dit.drivers.remote import Remote
-    from dit4dit.drivers.sim.lowstate_wire import LowStateRecord
+    from dit4dit.drivers.hg_codec import LowStateRecord
     from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
     from unitree_sdk2py.utils.crc import CRC
 

@@ -31,7 +31,8 @@ from dit4dit.drivers import g1_spec, hg_codec
 from dit4dit.drivers.cameras.zmq_stream import ImageStreamPublisher
 from dit4dit.drivers.remote import Remote
 from dit4dit.drivers.sim import g1_model
-from dit4dit.drivers.sim.lowstate_wire import LowStateRecord, LowStateWriter
+from dit4dit.drivers.dds_io import RawWriter
+from dit4dit.drivers.hg_codec import LowStateRecord
 from dit4dit.drivers.sim.scene import G1Sim
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class SimBridge:
         self._threads: list[threading.Thread] = []
         self._cameras: list[_CameraWorker] = []
         self._ctx = zmq.Context()
-        self._lowstate_pub: LowStateWriter | None = None
+        self._lowstate_pub: RawWriter | None = None
         self._lowstate = LowStateRecord(self.config.mode_machine)
         self._started = False
         self._tick_ms = 0
@@ -188,7 +189,10 @@ class SimBridge:
             raise RuntimeError(f"CycloneDDS could not start on domain {cfg.domain}, interface {cfg.interface!r}: "
                                f"{e} (does the interface exist? `ip link`; on lo enable multicast: "
                                "`sudo ip link set lo multicast on`)") from e
-        self._lowstate_pub = LowStateWriter(cfg.domain)
+        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
+
+        # One buffer per message (hg_codec), not cyclonedds-python's field-by-field serializer (~0.5 ms).
+        self._lowstate_pub = RawWriter(cfg.domain, g1_spec.TOPIC_LOWSTATE, LowState_)
         self._sub_lowcmd = ChannelSubscriber(g1_spec.TOPIC_LOWCMD, LowCmd_)
         self._sub_lowcmd.Init(self._on_lowcmd, 0)
         self._sub_arm = ChannelSubscriber(g1_spec.TOPIC_ARM_SDK, LowCmd_)
