@@ -304,8 +304,12 @@ def parse_request(payload: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Request
     if not isinstance(request_id, int) or isinstance(request_id, bool):
         raise ProtocolError("id", "expected an integer request id", E_MALFORMED)
     try:
-        if msg.get("v") != PROTOCOL_VERSION:
-            raise ProtocolError("v", f"protocol version {msg.get('v')!r} is not supported; this end speaks {PROTOCOL_VERSION}", E_VERSION)
+        version = msg.get("v")
+        # Type-checked like every other field: True == 1 and 1.0 == 1 in Python, but neither is version 1.
+        if not isinstance(version, int) or isinstance(version, bool) or version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                "v", f"protocol version {version!r} ({_kind(version)}) is not supported; this end speaks the integer {PROTOCOL_VERSION}", E_VERSION
+            )
         endpoint = msg.get("endpoint")
         if not isinstance(endpoint, str):
             raise ProtocolError("endpoint", f"expected one of {list(ENDPOINTS)}", E_MALFORMED)

@@ -207,6 +207,17 @@ def test_hostile_messages_are_answered_while_a_good_client_keeps_being_served(ma
     assert len(latencies) > before + 5, "the good client stalled while hostile messages were handled"
 
 
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_a_version_that_only_equals_1_is_refused_naming_v(make_server, version: object) -> None:
+    _, endpoint = make_server()
+    payload = protocol.pack({"v": version, "id": 11, "endpoint": "infer",
+                             "data": {"observation": protocol.encode_observation(observation())}})
+    reply = raw_request(endpoint, [payload])
+    assert reply["ok"] is False and reply["id"] == 11, reply
+    assert reply["error"]["code"] == protocol.E_VERSION and reply["error"]["field"] == "v", reply
+    assert repr(version) in reply["error"]["message"]
+
+
 def test_late_replies_are_discarded_and_the_client_recovers(make_server) -> None:
     policy = StandInPolicy(delay_s=0.5)
     _, endpoint = make_server(policy)
