@@ -46,6 +46,8 @@ E_INVALID = "invalid"  # a field has the wrong type, dtype, shape or size
 E_TOO_LARGE = "too_large"  # a message or field exceeds a limit
 E_EXPIRED = "expired"  # the request waited longer than its deadline_s; it was not run
 E_BUSY = "busy"  # too many infer requests already waiting; retry later
+E_OUT_OF_RANGE = "out_of_range"  # a state or prefix value lies far outside the range the model was trained on
+E_NON_FINITE = "non_finite"  # the policy produced NaN or infinite actions; none were sent
 E_INTERNAL = "internal"  # the policy failed; the server keeps serving
 
 

@@ -6,6 +6,10 @@ to one inference thread, which takes every request waiting, validates each (a ba
 error reply naming the field), runs the good ones through the policy (batched when that was measured
 to be faster at start) and hands the replies back over an inproc socket, because ZeroMQ sockets must
 not be shared between threads.
+
+No non-finite action is ever sent: a state or prefix value far outside the range the model was trained
+on (the checkpoint's normalisation stats) is refused before inference, and every chunk is checked for
+NaN/inf after it. `PolicyServer.stats()` (and the `metadata` reply) count both.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +41,12 @@ log = logging.getLogger("dit4dit.serve")
 # Requests between protocol.MAX_MESSAGE_BYTES and this get an error reply instead.
 _HARD_FRAME_LIMIT = 4 * protocol.MAX_MESSAGE_BYTES
 
+# A state or prefix value further than this many training std from the training mean is refused
+# before inference. Real joints lie within tens of std (std >= 0.01 rad, joints within a few rad), so
+# this refuses only absurd input (1e4 std is 500 rad at std 0.05), and it keeps the normalised value far
+# inside float32, where the networks would otherwise turn 1e30 into a chunk of NaN.
+MAX_DEVIATION_STD = 1e4
+
 
 class ServedPolicy(Protocol):
     """What the server needs from a policy: dit4dit.policy.inference.Policy satisfies it."""
@@ -43,6 +54,58 @@ class ServedPolicy(Protocol):
     metadata: dict[str, Any]
 
     def infer(self, obs: dict[str, Any], noise: np.ndarray | None = None, prefix: Any = None) -> np.ndarray: ...
+
+
+@dataclass
+class ServerStats:
+    """Counters since start; `PolicyServer.stats()` and the `metadata` reply (server.stats) publish them."""
+
+    served: int = 0  # infer replies carrying actions
+    expired: int = 0  # not run: queued beyond their deadline_s
+    out_of_range: int = 0  # refused: a state or prefix value beyond MAX_DEVIATION_STD from the training data
+    non_finite: int = 0  # the policy returned NaN or inf actions; an error was sent instead
+
+
+@dataclass(frozen=True)
+class _TrainedRange:
+    """The per-joint mean and std one request field was normalised with in training (checkpoint metadata)."""
+
+    field: str  # wire field, e.g. "observation.state"
+    names: Sequence[str]  # joint names, along the last axis
+    mean: np.ndarray  # float64 (D,)
+    std: np.ndarray  # float64 (D,), > 0
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], kind: str, field: str, names_key: str) -> _TrainedRange | None:
+        """From metadata["normalization"][kind]; None when the policy publishes no usable stats."""
+        names = list(metadata.get(names_key) or [])
+        stats = (metadata.get("normalization") or {}).get(kind)
+        if not isinstance(stats, Mapping):
+            return None
+        try:
+            mean = np.asarray(stats["mean"], np.float64)
+            std = np.asarray(stats["std"], np.float64)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if mean.shape != (len(names),) or std.shape != mean.shape or not (np.isfinite(mean).all() and (std > 0).all()):
+            return None
+        return cls(field, names, mean, std)
+
+    def furthest(self, values: np.ndarray) -> tuple[tuple[int, ...], float]:
+        """(index, distance in std) of the value furthest from the training mean; `values` are finite."""
+        deviation = np.abs(values.astype(np.float64) - self.mean) / self.std  # float64: 3.4e38 / 0.01 still fits
+        index = np.unravel_index(int(np.argmax(deviation)), deviation.shape)
+        return tuple(int(i) for i in index), float(deviation[index])
+
+    def describe(self, values: np.ndarray, index: tuple[int, ...]) -> str:
+        joint = index[-1]
+        where = f"row {index[0]}, joint {joint}" if len(index) > 1 else f"joint {joint}"
+        mean, std = self.mean[joint], self.std[joint]
+        low, high = mean - MAX_DEVIATION_STD * std, mean + MAX_DEVIATION_STD * std
+        return (f"{where} ({self.names[joint]}) = {float(values[index]):.6g} lies "
+                f"{float(abs(values[index] - mean) / std):.3g} std from the training data: the model was trained on "
+                f"{mean:.6g} ± {std:.6g} (mean ± std) and takes values within ±{MAX_DEVIATION_STD:g} std, "
+                f"[{low:.6g}, {high:.6g}]")
 
 
 @dataclass
@@ -102,6 +165,10 @@ class PolicyServer:
         self._state_dim = len(self.metadata["state_names"])
         self._action_dim = len(self.metadata["action_names"])
         self._chunk = int(self.metadata["chunk_length"])
+        self._state_range = _TrainedRange.from_metadata(self.metadata, "state", "observation.state", "state_names")
+        self._prefix_range = _TrainedRange.from_metadata(self.metadata, "action", "prefix", "action_names")
+        if self._state_range is None or self._prefix_range is None:
+            log.info("the policy publishes no normalisation stats: state and prefix are not checked against a trained range")
         self._rng = np.random.default_rng(seed)
         self._stop = threading.Event()
         self._jobs: queue.Queue[_Pending | None] = queue.Queue()
@@ -111,7 +178,7 @@ class PolicyServer:
         self._bound = threading.Event()
         self._error: BaseException | None = None
         self.last_endpoint: str | None = None
-        self.served = 0
+        self._stats = ServerStats()
 
     # ------------------------------------------------------------------------------------ running
 
@@ -181,6 +248,10 @@ class PolicyServer:
     def stop(self) -> None:
         self._stop.set()
 
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters (ServerStats)."""
+        return dataclasses.asdict(self._stats)
+
     def _setup_curve(self, router: zmq.Socket) -> None:
         import zmq.auth
         from zmq.auth.thread import ThreadAuthenticator
@@ -243,7 +314,8 @@ class PolicyServer:
             return envelope + [protocol.pack_error(request_id, protocol.E_INTERNAL, "", f"{type(exc).__name__}: {exc}")]
 
     def _server_info(self) -> dict[str, Any]:
-        return {"protocol_version": protocol.PROTOCOL_VERSION, "backend": self.backend, "max_batch": self.max_batch}
+        return {"protocol_version": protocol.PROTOCOL_VERSION, "backend": self.backend, "max_batch": self.max_batch,
+                "stats": self.stats()}
 
     # --------------------------------------------------------------------------- inference thread
 
@@ -292,6 +364,7 @@ class PolicyServer:
             waited = now - pending.received
             if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and 0 < deadline < waited:
                 message = f"waited {waited:.3f} s in the queue, beyond its deadline_s {deadline:.3f}; not run"
+                self._stats.expired += 1
                 out.send_multipart(pending.envelope + [protocol.pack_error(pending.request.id, protocol.E_EXPIRED, "deadline_s", message)])
             else:
                 live.append(pending)
@@ -325,6 +398,7 @@ class PolicyServer:
             raise ProtocolError("observation.state", f"expected shape [{self._state_dim}] (state_names), got {list(state.shape)}")
         if not np.all(np.isfinite(state)):
             raise ProtocolError("observation.state", "contains NaN or infinity")
+        self._refuse_far_from_training(state, self._state_range)
         seed = data.get("seed")
         if seed is None:
             rng = self._rng
@@ -346,6 +420,7 @@ class PolicyServer:
                 )
             if not np.all(np.isfinite(actions)):
                 raise ProtocolError("prefix", "contains NaN or infinity")
+            self._refuse_far_from_training(actions, self._prefix_range)
             if not 0 <= n_exec <= actions.shape[0]:
                 raise ProtocolError("n_executing", f"must be in [0, {actions.shape[0]}] (rows of prefix), got {n_exec}")
             prefix = (actions.astype(np.float32), n_exec)
@@ -356,6 +431,30 @@ class PolicyServer:
             None if prefix is None else (prefix[0].shape, prefix[1]),
         )
         return _Job(pending, obs, noise, prefix, time.perf_counter() - t0, signature)
+
+    def _refuse_far_from_training(self, values: np.ndarray, trained: _TrainedRange | None) -> None:
+        """Absurd but finite input (1e30, float32 max) would come back as NaN actions: refuse it, naming the joint."""
+        if trained is None:
+            return
+        index, deviation = trained.furthest(values)
+        if deviation > MAX_DEVIATION_STD:
+            self._stats.out_of_range += 1
+            raise ProtocolError(trained.field, trained.describe(values, index), protocol.E_OUT_OF_RANGE)
+
+    def _non_finite_error(self, job: _Job, actions: np.ndarray) -> bytes:
+        """The error sent instead of NaN/inf actions. It names the input furthest from the training data."""
+        step, joint = (int(i) for i in np.argwhere(~np.isfinite(actions))[0])
+        message = (f"the policy produced non-finite actions (first at step {step}, "
+                   f"{self.metadata['action_names'][joint]}); none are sent")
+        inputs = [(self._state_range, job.obs["state"])]
+        if job.prefix is not None:
+            inputs.append((self._prefix_range, job.prefix[0]))
+        suspects = [(trained.furthest(values), trained, values) for trained, values in inputs if trained is not None]
+        if not suspects:
+            return protocol.pack_error(job.pending.request.id, protocol.E_NON_FINITE, "", message)
+        (index, _), trained, values = max(suspects, key=lambda s: s[0][1])
+        message += f"; the input furthest from the training data is {trained.field} {trained.describe(values, index)}"
+        return protocol.pack_error(job.pending.request.id, protocol.E_NON_FINITE, trained.field, message)
 
     def _run(self, jobs: list[_Job], started: float) -> list[tuple[_Pending, bytes]]:
         t0 = time.perf_counter()
@@ -383,7 +482,12 @@ class PolicyServer:
         replies = []
         for job, actions in zip(jobs, outputs):
             actions = np.asarray(actions, dtype=np.float32)
-            self.served += 1
+            if not np.isfinite(actions).all():  # checked per request, so one bad row fails only its own request
+                self._stats.non_finite += 1
+                log.warning("request %s: the policy produced non-finite actions; sent an error instead", job.pending.request.id)
+                replies.append((job.pending, self._non_finite_error(job, actions)))
+                continue
+            self._stats.served += 1
             timing = {
                 "queue": started - job.pending.received,
                 "preprocess": job.preprocess_s + (call_s - network_s),

@@ -218,6 +218,62 @@ def test_a_version_that_only_equals_1_is_refused_naming_v(make_server, version: 
     assert repr(version) in reply["error"]["message"]
 
 
+class NaNPolicy(StandInPolicy):
+    """Returns NaN at step 3 of joint a2 whenever state[0] > 0.5 (a model that blows up on some input)."""
+
+    def __init__(self, with_stats: bool) -> None:
+        super().__init__()
+        if with_stats:
+            unit = {"mean": [0.0] * STATE_DIM, "std": [1.0] * STATE_DIM}
+            self.metadata["normalization"] = {"state": unit, "action": unit}
+
+    def infer(self, obs, noise=None, prefix=None):
+        out = super().infer(obs, noise, prefix)
+        out[..., 3, 2] = np.where(np.asarray(obs["state"])[..., 0] > 0.5, np.nan, out[..., 3, 2])
+        return out
+
+
+@pytest.mark.parametrize("with_stats", [True, False])
+def test_non_finite_actions_are_never_sent(make_server, with_stats: bool) -> None:
+    server, endpoint = make_server(NaNPolicy(with_stats))
+    bad = observation(0.0)
+    bad["state"][[0, 7]] = 1.0, 40.0  # inside the 1e4-std bound, so only the output check can catch it
+    with PolicyClient(endpoint, timeout_s=2.0) as client:
+        for _ in range(3):
+            with pytest.raises(ServerError) as exc:
+                client.infer(bad, seed=4)
+            assert exc.value.code == protocol.E_NON_FINITE, exc.value
+            assert "step 3, a2" in exc.value.detail and "none are sent" in exc.value.detail
+            if with_stats:  # names the input furthest from the training data, with its trained range
+                assert exc.value.field == "observation.state" and "joint 7 (s7) = 40" in exc.value.detail, exc.value
+                assert "0 ± 1 (mean ± std)" in exc.value.detail
+            else:
+                assert exc.value.field == ""
+        assert np.isfinite(client.infer(observation(0.0), seed=4).actions).all()  # still served
+    assert server.stats()["non_finite"] == 3 and server.stats()["served"] == 1
+
+
+def test_absurd_state_and_prefix_are_refused_before_inference(make_server) -> None:
+    policy = NaNPolicy(with_stats=True)
+    server, endpoint = make_server(policy)
+    f32_max = float(np.finfo(np.float32).max)
+    with PolicyClient(endpoint, timeout_s=2.0) as client:
+        for value in (1e30, f32_max):
+            obs = observation(0.0)
+            obs["state"][9] = value
+            with pytest.raises(ServerError) as exc:
+                client.infer(obs)
+            assert exc.value.code == protocol.E_OUT_OF_RANGE and exc.value.field == "observation.state"
+            assert "joint 9 (s9)" in exc.value.detail and "[-10000, 10000]" in exc.value.detail, exc.value
+            prefix = np.zeros((CHUNK, ACTION_DIM), np.float32)
+            prefix[4:] = value
+            with pytest.raises(ServerError) as exc:
+                client.infer(observation(0.0), prefix=prefix, n_executing=2)
+            assert exc.value.code == protocol.E_OUT_OF_RANGE and exc.value.field == "prefix"
+            assert "row 4, joint 0 (a0)" in exc.value.detail, exc.value
+    assert policy.calls == 0 and server.stats()["out_of_range"] == 4
+
+
 def test_late_replies_are_discarded_and_the_client_recovers(make_server) -> None:
     policy = StandInPolicy(delay_s=0.5)
     _, endpoint = make_server(policy)
