@@ -2,10 +2,17 @@
 
 Threads: the socket thread owns the ROUTER socket, parses envelopes, checks the token and answers
 `ping`, `metadata` and `reset` at once, so a long inference never delays a ping. `infer` requests go
-to one inference thread, which takes every request waiting, validates each (a bad one gets its own
-error reply naming the field), runs the good ones through the policy (batched when that was measured
-to be faster at start) and hands the replies back over an inproc socket, because ZeroMQ sockets must
-not be shared between threads.
+to one inference thread, which takes up to a batch of waiting requests, validates each (a bad one gets
+its own error reply naming the field), runs the good ones through the policy (batched when that was
+measured to be faster at start) and hands the replies back over an inproc socket, because ZeroMQ
+sockets must not be shared between threads.
+
+Fairness: waiting requests are kept per client (ROUTER routing id), at most `max_queue_per_client`
+each and `max_queue` in all, and the inference thread takes them one client at a time in turn. A
+client that floods the server is answered `busy` for its own excess and waits its turn like everyone
+else, so a well-behaved robot waits behind one request per other client, not behind the flood. The
+socket thread sends every ready reply before it reads at most `_READS_PER_TURN` requests, so a flood
+being read never holds back a reply either.
 
 No non-finite action is ever sent: a state or prefix value far outside the range the model was trained
 on (the checkpoint's normalisation stats) is refused before inference, and every chunk is checked for
@@ -18,16 +25,15 @@ import argparse
 import hmac
 import logging
 import math
-import queue
 import re
 import signal
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import zmq
@@ -47,6 +53,13 @@ _HARD_FRAME_LIMIT = 4 * protocol.MAX_MESSAGE_BYTES
 # inside float32, where the networks would otherwise turn 1e30 into a chunk of NaN.
 MAX_DEVIATION_STD = 1e4
 
+# Requests the socket thread reads before it sends the replies that have become ready meanwhile.
+_READS_PER_TURN = 32
+
+# Clients whose `busy` refusals are counted one by one (the most recently refused ones): a robot that
+# reconnects after every timeout gets a new routing id each time, so the table must not grow forever.
+_BUSY_CLIENTS_KEPT = 64
+
 
 class ServedPolicy(Protocol):
     """What the server needs from a policy: dit4dit.policy.inference.Policy satisfies it."""
@@ -61,6 +74,9 @@ class ServerStats:
     """Counters since start; `PolicyServer.stats()` and the `metadata` reply (server.stats) publish them."""
 
     served: int = 0  # infer replies carrying actions
+    busy_queue_full: int = 0  # refused: max_queue requests were waiting in all
+    busy_client_full: int = 0  # refused: that client already had max_queue_per_client requests waiting
+    busy_by_client: dict[str, int] = field(default_factory=dict)  # busy_client_full per client (routing id, hex)
     expired: int = 0  # not run: queued beyond their deadline_s
     out_of_range: int = 0  # refused: a state or prefix value beyond MAX_DEVIATION_STD from the training data
     non_finite: int = 0  # the policy returned NaN or inf actions; an error was sent instead
@@ -115,6 +131,66 @@ class _Pending:
     received: float  # time.perf_counter() at receipt
 
 
+class _FairQueue:
+    """Waiting requests, one FIFO per client, taken one client at a time in turn (round-robin).
+
+    Clients take turns in the order they started waiting, so each waits behind at most one request
+    of every other client, however many those have sent.
+    """
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        if max_total < 1 or max_per_client < 1:
+            raise ValueError(f"queue limits must be >= 1, got max_queue={max_total}, max_queue_per_client={max_per_client}")
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self._by_client: OrderedDict[tuple[bytes, ...], deque[_Pending]] = OrderedDict()  # in turn order
+        self._total = 0
+        self._closed = False
+        self._ready = threading.Condition()
+
+    def __len__(self) -> int:
+        return self._total
+
+    def put(self, client: tuple[bytes, ...], item: _Pending) -> Literal["queue", "client"] | None:
+        """Queue `item`, or return why it was not queued: "queue" (max_total waiting) or "client"."""
+        with self._ready:
+            if self._total >= self.max_total:
+                return "queue"
+            waiting = self._by_client.get(client)
+            if waiting is None:
+                waiting = self._by_client[client] = deque()
+            elif len(waiting) >= self.max_per_client:
+                return "client"
+            waiting.append(item)
+            self._total += 1
+            self._ready.notify()
+            return None
+
+    def take(self, n: int) -> list[_Pending] | None:
+        """Up to `n` requests, one client at a time in turn; blocks until there is one. None once closed."""
+        with self._ready:
+            while not self._total and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            taken = []
+            while self._by_client and len(taken) < n:
+                client, waiting = next(iter(self._by_client.items()))
+                taken.append(waiting.popleft())
+                if waiting:
+                    self._by_client.move_to_end(client)  # its next request waits for the others' turns
+                else:
+                    del self._by_client[client]
+            self._total -= len(taken)
+            return taken
+
+    def close(self) -> None:
+        """Wake the inference thread to exit; what is still waiting is dropped (the socket is closing)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
 @dataclass
 class _Job:
     pending: _Pending
@@ -130,6 +206,9 @@ class PolicyServer:
 
     token: shared secret every request must carry; curve_keys: folder for CurveZMQ (see `make_curve_keys`).
     max_batch: largest batch of concurrent `infer` requests run together (1 = never batch).
+    max_queue: most `infer` requests waiting in all; max_queue_per_client: most from one client (routing id).
+    A robot waits for each chunk before it asks for the next, so more than a few waiting requests from
+    one client is a flood or a bug; beyond either limit a request is answered `busy`.
     """
 
     def __init__(
@@ -144,6 +223,7 @@ class PolicyServer:
         max_message_bytes: int = protocol.MAX_MESSAGE_BYTES,
         seed: int | None = None,
         max_queue: int = 64,
+        max_queue_per_client: int = 4,
     ) -> None:
         if token is not None and len(token) < 8:
             raise ValueError("--token must be at least 8 characters; a short shared secret is guessable")
@@ -154,6 +234,7 @@ class PolicyServer:
         self.token = token
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_queue_per_client = max_queue_per_client
         self.backend = backend
         self.max_message_bytes = max_message_bytes
         self.metadata = dict(policy.metadata)
@@ -171,7 +252,7 @@ class PolicyServer:
             log.info("the policy publishes no normalisation stats: state and prefix are not checked against a trained range")
         self._rng = np.random.default_rng(seed)
         self._stop = threading.Event()
-        self._jobs: queue.Queue[_Pending | None] = queue.Queue()
+        self._queue = _FairQueue(max_queue, max_queue_per_client)
         self._context = zmq.Context()
         self._curve_keys = Path(curve_keys) if curve_keys is not None else None
         self._auth = None
@@ -210,24 +291,24 @@ class PolicyServer:
         poller.register(results, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(100))
-                if results in events:
-                    while True:
-                        try:
-                            router.send_multipart(results.recv_multipart(zmq.NOBLOCK), copy=False)
-                        except zmq.Again:
-                            break
-                if router in events:
-                    while True:
-                        try:
-                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        reply = self._handle(frames)
-                        if reply is not None:
-                            router.send_multipart(reply, copy=False)
+                poller.poll(100)
+                # Ready replies first, then a bounded number of requests: however many requests are
+                # waiting (a flood), a finished inference is sent after at most _READS_PER_TURN reads.
+                while True:
+                    try:
+                        router.send_multipart(results.recv_multipart(zmq.NOBLOCK), copy=False)
+                    except zmq.Again:
+                        break
+                for _ in range(_READS_PER_TURN):
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    reply = self._handle(frames)
+                    if reply is not None:
+                        router.send_multipart(reply, copy=False)
         finally:
-            self._jobs.put(None)
+            self._queue.close()
             worker.join(timeout=10)
             router.close(linger=0)
             results.close(linger=0)
@@ -249,8 +330,9 @@ class PolicyServer:
         self._stop.set()
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the counters (ServerStats)."""
-        return dataclasses.asdict(self._stats)
+        """A snapshot of the counters (ServerStats) and `queued`, the infer requests waiting now."""
+        # dict copies are atomic under the GIL, so this is safe while the server threads count.
+        return {**vars(self._stats), "busy_by_client": dict(self._stats.busy_by_client), "queued": len(self._queue)}
 
     def _setup_curve(self, router: zmq.Socket) -> None:
         import zmq.auth
@@ -298,24 +380,41 @@ class PolicyServer:
                     reset()
                 return envelope + [protocol.pack_reply(request.id, {})]
             if request.endpoint == "infer":
-                if self._jobs.qsize() >= self.max_queue:  # bounded: a flood cannot grow memory without limit
-                    raise ProtocolError("", f"{self._jobs.qsize()} infer requests are already waiting; retry later", protocol.E_BUSY)
-                self._jobs.put(_Pending(envelope, request, time.perf_counter()))
+                self._enqueue(_Pending(envelope, request, time.perf_counter()))
                 return None
             raise ProtocolError(
                 "endpoint", f"unknown endpoint {request.endpoint!r}; known: {list(protocol.ENDPOINTS)}", protocol.E_UNKNOWN_ENDPOINT
             )
         except ProtocolError as exc:
             request_id = getattr(exc, "request_id", request_id)
-            log.info("rejected request %s: [%s] %s", request_id, exc.code, exc)
+            # A flood is answered `busy` thousands of times a second: counted in stats, not logged one by one.
+            log.log(logging.DEBUG if exc.code == protocol.E_BUSY else logging.INFO, "rejected request %s: [%s] %s", request_id, exc.code, exc)
             return envelope + [protocol.pack_error(request_id, exc.code, exc.field, exc.detail)]
         except Exception as exc:  # a bug must not take the server down for every robot
             log.exception("internal error handling a request")
             return envelope + [protocol.pack_error(request_id, protocol.E_INTERNAL, "", f"{type(exc).__name__}: {exc}")]
 
+    def _enqueue(self, pending: _Pending) -> None:
+        """Queue an infer request, or raise `busy`: both limits bound memory, the per-client one also starvation."""
+        refused = self._queue.put(tuple(pending.envelope), pending)
+        if refused == "queue":
+            self._stats.busy_queue_full += 1
+            raise ProtocolError("", f"{self.max_queue} infer requests are already waiting; retry later", protocol.E_BUSY)
+        if refused == "client":
+            self._stats.busy_client_full += 1
+            counts = self._stats.busy_by_client
+            client = ".".join(frame.hex() for frame in pending.envelope if frame)
+            counts[client] = counts.pop(client, 0) + 1  # re-inserted last: the dict is ordered by last refusal
+            if len(counts) > _BUSY_CLIENTS_KEPT:
+                del counts[next(iter(counts))]
+            raise ProtocolError(
+                "", f"this client already has {self.max_queue_per_client} infer requests waiting (the most one client "
+                "may have); wait for their replies before sending more", protocol.E_BUSY,
+            )
+
     def _server_info(self) -> dict[str, Any]:
         return {"protocol_version": protocol.PROTOCOL_VERSION, "backend": self.backend, "max_batch": self.max_batch,
-                "stats": self.stats()}
+                "max_queue": self.max_queue, "max_queue_per_client": self.max_queue_per_client, "stats": self.stats()}
 
     # --------------------------------------------------------------------------- inference thread
 
@@ -323,20 +422,7 @@ class PolicyServer:
         out = self._context.socket(zmq.PAIR)
         out.connect(f"inproc://results-{id(self)}")
         try:
-            while True:
-                first = self._jobs.get()
-                if first is None:
-                    return
-                batch = [first]
-                while len(batch) < self.max_batch:  # take whatever else is already waiting
-                    try:
-                        nxt = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self._jobs.put(None)
-                        break
-                    batch.append(nxt)
+            while (batch := self._queue.take(self.max_batch)) is not None:  # clients in turn, up to a batch
                 started = time.perf_counter()
                 jobs: list[_Job] = []
                 for pending in self._drop_expired(batch, started, out):
@@ -639,6 +725,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", default="client", help="with --make-curve-keys: comma-separated client names")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch of concurrent requests; batching is used only if measured faster")
     p.add_argument("--seed", type=int, default=None, help="seed of the noise for requests without their own seed")
+    p.add_argument("--max-queue", type=int, default=64, help="most infer requests waiting in all; beyond it: busy")
+    p.add_argument("--max-queue-per-client", type=int, default=4,
+                   help="most infer requests waiting from one client; its excess gets busy, the others keep their turn")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -671,7 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("batching: %.1f ms per request alone, %.1f ms per request in a batch of %d -> max batch %d",
              single * 1e3, per_item * 1e3, max_batch, batch)
     server = PolicyServer(policy, args.bind, token=args.token, curve_keys=args.curve_keys, max_batch=batch,
-                          backend=choice.backend, seed=args.seed)
+                          backend=choice.backend, seed=args.seed, max_queue=args.max_queue,
+                          max_queue_per_client=args.max_queue_per_client)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     try:
