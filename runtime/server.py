@@ -48,9 +48,9 @@ log = logging.getLogger("dit4dit.serve")
 _HARD_FRAME_LIMIT = 4 * protocol.MAX_MESSAGE_BYTES
 
 # A state or prefix value further than this many training std from the training mean is refused
-# before inference. Real joints lie within tens of std (std >= 0.01 rad, joints within a few rad), so
-# this refuses only absurd input (1e4 std is 500 rad at std 0.05), and it keeps the normalised value far
-# inside float32, where the networks would otherwise turn 1e30 into a chunk of NaN.
+# before inference. A real joint lies at most a few hundred std away (std >= 0.01 rad, joints within a
+# few rad), so this refuses only absurd input (1e4 std is 500 rad at std 0.05), and it keeps the
+# normalised value far inside float32, where the networks would otherwise turn 1e30 into a chunk of NaN.
 MAX_DEVIATION_STD = 1e4
 
 # Requests the socket thread reads before it sends the replies that have become ready meanwhile.
@@ -114,14 +114,14 @@ class _TrainedRange:
         return tuple(int(i) for i in index), float(deviation[index])
 
     def describe(self, values: np.ndarray, index: tuple[int, ...]) -> str:
-        joint = index[-1]
+        """The value at `index`, its joint, and the range the model was trained on (for an error message)."""
+        joint, value = index[-1], float(values[index])
         where = f"row {index[0]}, joint {joint}" if len(index) > 1 else f"joint {joint}"
-        mean, std = self.mean[joint], self.std[joint]
+        mean, std = float(self.mean[joint]), float(self.std[joint])
         low, high = mean - MAX_DEVIATION_STD * std, mean + MAX_DEVIATION_STD * std
-        return (f"{where} ({self.names[joint]}) = {float(values[index]):.6g} lies "
-                f"{float(abs(values[index] - mean) / std):.3g} std from the training data: the model was trained on "
-                f"{mean:.6g} ± {std:.6g} (mean ± std) and takes values within ±{MAX_DEVIATION_STD:g} std, "
-                f"[{low:.6g}, {high:.6g}]")
+        return (f"{where} ({self.names[joint]}) = {value:.6g} lies {abs(value - mean) / std:.3g} std from the training "
+                f"data: the model was trained on {mean:.6g} ± {std:.6g} (mean ± std) and takes values within "
+                f"±{MAX_DEVIATION_STD:g} std, [{low:.6g}, {high:.6g}]")
 
 
 @dataclass
@@ -529,9 +529,11 @@ class PolicyServer:
 
     def _non_finite_error(self, job: _Job, actions: np.ndarray) -> bytes:
         """The error sent instead of NaN/inf actions. It names the input furthest from the training data."""
-        step, joint = (int(i) for i in np.argwhere(~np.isfinite(actions))[0])
-        message = (f"the policy produced non-finite actions (first at step {step}, "
-                   f"{self.metadata['action_names'][joint]}); none are sent")
+        where = ""
+        if actions.ndim == 2 and actions.shape[1] == self._action_dim:  # never raise here: it would stop the thread
+            step, joint = (int(i) for i in np.argwhere(~np.isfinite(actions))[0])
+            where = f" (first at step {step}, {self.metadata['action_names'][joint]})"
+        message = f"the policy produced non-finite actions{where}; none are sent"
         inputs = [(self._state_range, job.obs["state"])]
         if job.prefix is not None:
             inputs.append((self._prefix_range, job.prefix[0]))
