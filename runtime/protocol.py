@@ -46,6 +46,8 @@ E_INVALID = "invalid"  # a field has the wrong type, dtype, shape or size
 E_TOO_LARGE = "too_large"  # a message or field exceeds a limit
 E_EXPIRED = "expired"  # the request waited longer than its deadline_s; it was not run
 E_BUSY = "busy"  # too many infer requests already waiting; retry later
+E_OUT_OF_RANGE = "out_of_range"  # a state or prefix value lies far outside the range the model was trained on
+E_NON_FINITE = "non_finite"  # the policy produced NaN or infinite actions; none were sent
 E_INTERNAL = "internal"  # the policy failed; the server keeps serving
 
 
@@ -304,8 +306,12 @@ def parse_request(payload: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Request
     if not isinstance(request_id, int) or isinstance(request_id, bool):
         raise ProtocolError("id", "expected an integer request id", E_MALFORMED)
     try:
-        if msg.get("v") != PROTOCOL_VERSION:
-            raise ProtocolError("v", f"protocol version {msg.get('v')!r} is not supported; this end speaks {PROTOCOL_VERSION}", E_VERSION)
+        version = msg.get("v")
+        # Type-checked like every other field: True == 1 and 1.0 == 1 in Python, but neither is version 1.
+        if not isinstance(version, int) or isinstance(version, bool) or version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                "v", f"protocol version {version!r} ({_kind(version)}) is not supported; this end speaks the integer {PROTOCOL_VERSION}", E_VERSION
+            )
         endpoint = msg.get("endpoint")
         if not isinstance(endpoint, str):
             raise ProtocolError("endpoint", f"expected one of {list(ENDPOINTS)}", E_MALFORMED)

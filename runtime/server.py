@@ -2,10 +2,21 @@
 
 Threads: the socket thread owns the ROUTER socket, parses envelopes, checks the token and answers
 `ping`, `metadata` and `reset` at once, so a long inference never delays a ping. `infer` requests go
-to one inference thread, which takes every request waiting, validates each (a bad one gets its own
-error reply naming the field), runs the good ones through the policy (batched when that was measured
-to be faster at start) and hands the replies back over an inproc socket, because ZeroMQ sockets must
-not be shared between threads.
+to one inference thread, which takes up to a batch of waiting requests, validates each (a bad one gets
+its own error reply naming the field), runs the good ones through the policy (batched when that was
+measured to be faster at start) and hands the replies back over an inproc socket, because ZeroMQ
+sockets must not be shared between threads.
+
+Fairness: waiting requests are kept per client (ROUTER routing id), at most `max_queue_per_client`
+each and `max_queue` in all, and the inference thread takes them one client at a time in turn. A
+client that floods the server is answered `busy` for its own excess and waits its turn like everyone
+else, so a well-behaved robot waits behind one request per other client, not behind the flood. The
+socket thread sends every ready reply before it reads at most `_READS_PER_TURN` requests, so a flood
+being read never holds back a reply either.
+
+No non-finite action is ever sent: a state or prefix value far outside the range the model was trained
+on (the checkpoint's normalisation stats) is refused before inference, and every chunk is checked for
+NaN/inf after it. `PolicyServer.stats()` (and the `metadata` reply) count both.
 """
 
 from __future__ import annotations
@@ -14,15 +25,15 @@ import argparse
 import hmac
 import logging
 import math
-import queue
 import re
 import signal
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import zmq
@@ -36,6 +47,19 @@ log = logging.getLogger("dit4dit.serve")
 # Requests between protocol.MAX_MESSAGE_BYTES and this get an error reply instead.
 _HARD_FRAME_LIMIT = 4 * protocol.MAX_MESSAGE_BYTES
 
+# A state or prefix value further than this many training std from the training mean is refused
+# before inference. A real joint lies at most a few hundred std away (std >= 0.01 rad, joints within a
+# few rad), so this refuses only absurd input (1e4 std is 500 rad at std 0.05), and it keeps the
+# normalised value far inside float32, where the networks would otherwise turn 1e30 into a chunk of NaN.
+MAX_DEVIATION_STD = 1e4
+
+# Requests the socket thread reads before it sends the replies that have become ready meanwhile.
+_READS_PER_TURN = 32
+
+# Clients whose `busy` refusals are counted one by one (the most recently refused ones): a robot that
+# reconnects after every timeout gets a new routing id each time, so the table must not grow forever.
+_BUSY_CLIENTS_KEPT = 64
+
 
 class ServedPolicy(Protocol):
     """What the server needs from a policy: dit4dit.policy.inference.Policy satisfies it."""
@@ -46,10 +70,125 @@ class ServedPolicy(Protocol):
 
 
 @dataclass
+class ServerStats:
+    """Counters since start; `PolicyServer.stats()` and the `metadata` reply (server.stats) publish them."""
+
+    served: int = 0  # infer replies carrying actions
+    busy_queue_full: int = 0  # refused: max_queue requests were waiting in all
+    busy_client_full: int = 0  # refused: that client already had max_queue_per_client requests waiting
+    busy_by_client: dict[str, int] = field(default_factory=dict)  # busy_client_full per client (routing id, hex)
+    expired: int = 0  # not run: queued beyond their deadline_s
+    out_of_range: int = 0  # refused: a state or prefix value beyond MAX_DEVIATION_STD from the training data
+    non_finite: int = 0  # the policy returned NaN or inf actions; an error was sent instead
+
+
+@dataclass(frozen=True)
+class _TrainedRange:
+    """The per-joint mean and std one request field was normalised with in training (checkpoint metadata)."""
+
+    field: str  # wire field, e.g. "observation.state"
+    names: Sequence[str]  # joint names, along the last axis
+    mean: np.ndarray  # float64 (D,)
+    std: np.ndarray  # float64 (D,), > 0
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], kind: str, field: str, names_key: str) -> _TrainedRange | None:
+        """From metadata["normalization"][kind]; None when the policy publishes no usable stats."""
+        names = list(metadata.get(names_key) or [])
+        stats = (metadata.get("normalization") or {}).get(kind)
+        if not isinstance(stats, Mapping):
+            return None
+        try:
+            mean = np.asarray(stats["mean"], np.float64)
+            std = np.asarray(stats["std"], np.float64)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if mean.shape != (len(names),) or std.shape != mean.shape or not (np.isfinite(mean).all() and (std > 0).all()):
+            return None
+        return cls(field, names, mean, std)
+
+    def furthest(self, values: np.ndarray) -> tuple[tuple[int, ...], float]:
+        """(index, distance in std) of the value furthest from the training mean; `values` are finite."""
+        deviation = np.abs(values.astype(np.float64) - self.mean) / self.std  # float64: 3.4e38 / 0.01 still fits
+        index = np.unravel_index(int(np.argmax(deviation)), deviation.shape)
+        return tuple(int(i) for i in index), float(deviation[index])
+
+    def describe(self, values: np.ndarray, index: tuple[int, ...]) -> str:
+        """The value at `index`, its joint, and the range the model was trained on (for an error message)."""
+        joint, value = index[-1], float(values[index])
+        where = f"row {index[0]}, joint {joint}" if len(index) > 1 else f"joint {joint}"
+        mean, std = float(self.mean[joint]), float(self.std[joint])
+        low, high = mean - MAX_DEVIATION_STD * std, mean + MAX_DEVIATION_STD * std
+        return (f"{where} ({self.names[joint]}) = {value:.6g} lies {abs(value - mean) / std:.3g} std from the training "
+                f"data: the model was trained on {mean:.6g} ± {std:.6g} (mean ± std) and takes values within "
+                f"±{MAX_DEVIATION_STD:g} std, [{low:.6g}, {high:.6g}]")
+
+
+@dataclass
 class _Pending:
     envelope: list[bytes]  # routing frames to send the reply back
     request: protocol.Request
     received: float  # time.perf_counter() at receipt
+
+
+class _FairQueue:
+    """Waiting requests, one FIFO per client, taken one client at a time in turn (round-robin).
+
+    Clients take turns in the order they started waiting, so each waits behind at most one request
+    of every other client, however many those have sent.
+    """
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        if max_total < 1 or max_per_client < 1:
+            raise ValueError(f"queue limits must be >= 1, got max_queue={max_total}, max_queue_per_client={max_per_client}")
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self._by_client: OrderedDict[tuple[bytes, ...], deque[_Pending]] = OrderedDict()  # in turn order
+        self._total = 0
+        self._closed = False
+        self._ready = threading.Condition()
+
+    def __len__(self) -> int:
+        return self._total
+
+    def put(self, client: tuple[bytes, ...], item: _Pending) -> Literal["queue", "client"] | None:
+        """Queue `item`, or return why it was not queued: "queue" (max_total waiting) or "client"."""
+        with self._ready:
+            if self._total >= self.max_total:
+                return "queue"
+            waiting = self._by_client.get(client)
+            if waiting is None:
+                waiting = self._by_client[client] = deque()
+            elif len(waiting) >= self.max_per_client:
+                return "client"
+            waiting.append(item)
+            self._total += 1
+            self._ready.notify()
+            return None
+
+    def take(self, n: int) -> list[_Pending] | None:
+        """Up to `n` requests, one client at a time in turn; blocks until there is one. None once closed."""
+        with self._ready:
+            while not self._total and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            taken = []
+            while self._by_client and len(taken) < n:
+                client, waiting = next(iter(self._by_client.items()))
+                taken.append(waiting.popleft())
+                if waiting:
+                    self._by_client.move_to_end(client)  # its next request waits for the others' turns
+                else:
+                    del self._by_client[client]
+            self._total -= len(taken)
+            return taken
+
+    def close(self) -> None:
+        """Wake the inference thread to exit; what is still waiting is dropped (the socket is closing)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
 
 
 @dataclass
@@ -67,6 +206,9 @@ class PolicyServer:
 
     token: shared secret every request must carry; curve_keys: folder for CurveZMQ (see `make_curve_keys`).
     max_batch: largest batch of concurrent `infer` requests run together (1 = never batch).
+    max_queue: most `infer` requests waiting in all; max_queue_per_client: most from one client (routing id).
+    A robot waits for each chunk before it asks for the next, so more than a few waiting requests from
+    one client is a flood or a bug; beyond either limit a request is answered `busy`.
     """
 
     def __init__(
@@ -81,6 +223,7 @@ class PolicyServer:
         max_message_bytes: int = protocol.MAX_MESSAGE_BYTES,
         seed: int | None = None,
         max_queue: int = 64,
+        max_queue_per_client: int = 4,
     ) -> None:
         if token is not None and len(token) < 8:
             raise ValueError("--token must be at least 8 characters; a short shared secret is guessable")
@@ -91,6 +234,7 @@ class PolicyServer:
         self.token = token
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_queue_per_client = max_queue_per_client
         self.backend = backend
         self.max_message_bytes = max_message_bytes
         self.metadata = dict(policy.metadata)
@@ -102,16 +246,20 @@ class PolicyServer:
         self._state_dim = len(self.metadata["state_names"])
         self._action_dim = len(self.metadata["action_names"])
         self._chunk = int(self.metadata["chunk_length"])
+        self._state_range = _TrainedRange.from_metadata(self.metadata, "state", "observation.state", "state_names")
+        self._prefix_range = _TrainedRange.from_metadata(self.metadata, "action", "prefix", "action_names")
+        if self._state_range is None or self._prefix_range is None:
+            log.info("the policy publishes no normalisation stats: state and prefix are not checked against a trained range")
         self._rng = np.random.default_rng(seed)
         self._stop = threading.Event()
-        self._jobs: queue.Queue[_Pending | None] = queue.Queue()
+        self._queue = _FairQueue(max_queue, max_queue_per_client)
         self._context = zmq.Context()
         self._curve_keys = Path(curve_keys) if curve_keys is not None else None
         self._auth = None
         self._bound = threading.Event()
         self._error: BaseException | None = None
         self.last_endpoint: str | None = None
-        self.served = 0
+        self._stats = ServerStats()
 
     # ------------------------------------------------------------------------------------ running
 
@@ -143,24 +291,24 @@ class PolicyServer:
         poller.register(results, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(100))
-                if results in events:
-                    while True:
-                        try:
-                            router.send_multipart(results.recv_multipart(zmq.NOBLOCK), copy=False)
-                        except zmq.Again:
-                            break
-                if router in events:
-                    while True:
-                        try:
-                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        reply = self._handle(frames)
-                        if reply is not None:
-                            router.send_multipart(reply, copy=False)
+                poller.poll(100)
+                # Ready replies first, then a bounded number of requests: however many requests are
+                # waiting (a flood), a finished inference is sent after at most _READS_PER_TURN reads.
+                while True:
+                    try:
+                        router.send_multipart(results.recv_multipart(zmq.NOBLOCK), copy=False)
+                    except zmq.Again:
+                        break
+                for _ in range(_READS_PER_TURN):
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    reply = self._handle(frames)
+                    if reply is not None:
+                        router.send_multipart(reply, copy=False)
         finally:
-            self._jobs.put(None)
+            self._queue.close()
             worker.join(timeout=10)
             router.close(linger=0)
             results.close(linger=0)
@@ -180,6 +328,11 @@ class PolicyServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters (ServerStats) and `queued`, the infer requests waiting now."""
+        # dict copies are atomic under the GIL, so this is safe while the server threads count.
+        return {**vars(self._stats), "busy_by_client": dict(self._stats.busy_by_client), "queued": len(self._queue)}
 
     def _setup_curve(self, router: zmq.Socket) -> None:
         import zmq.auth
@@ -227,23 +380,41 @@ class PolicyServer:
                     reset()
                 return envelope + [protocol.pack_reply(request.id, {})]
             if request.endpoint == "infer":
-                if self._jobs.qsize() >= self.max_queue:  # bounded: a flood cannot grow memory without limit
-                    raise ProtocolError("", f"{self._jobs.qsize()} infer requests are already waiting; retry later", protocol.E_BUSY)
-                self._jobs.put(_Pending(envelope, request, time.perf_counter()))
+                self._enqueue(_Pending(envelope, request, time.perf_counter()))
                 return None
             raise ProtocolError(
                 "endpoint", f"unknown endpoint {request.endpoint!r}; known: {list(protocol.ENDPOINTS)}", protocol.E_UNKNOWN_ENDPOINT
             )
         except ProtocolError as exc:
             request_id = getattr(exc, "request_id", request_id)
-            log.info("rejected request %s: [%s] %s", request_id, exc.code, exc)
+            # A flood is answered `busy` thousands of times a second: counted in stats, not logged one by one.
+            log.log(logging.DEBUG if exc.code == protocol.E_BUSY else logging.INFO, "rejected request %s: [%s] %s", request_id, exc.code, exc)
             return envelope + [protocol.pack_error(request_id, exc.code, exc.field, exc.detail)]
         except Exception as exc:  # a bug must not take the server down for every robot
             log.exception("internal error handling a request")
             return envelope + [protocol.pack_error(request_id, protocol.E_INTERNAL, "", f"{type(exc).__name__}: {exc}")]
 
+    def _enqueue(self, pending: _Pending) -> None:
+        """Queue an infer request, or raise `busy`: both limits bound memory, the per-client one also starvation."""
+        refused = self._queue.put(tuple(pending.envelope), pending)
+        if refused == "queue":
+            self._stats.busy_queue_full += 1
+            raise ProtocolError("", f"{self.max_queue} infer requests are already waiting; retry later", protocol.E_BUSY)
+        if refused == "client":
+            self._stats.busy_client_full += 1
+            counts = self._stats.busy_by_client
+            client = ".".join(frame.hex() for frame in pending.envelope if frame)
+            counts[client] = counts.pop(client, 0) + 1  # re-inserted last: the dict is ordered by last refusal
+            if len(counts) > _BUSY_CLIENTS_KEPT:
+                del counts[next(iter(counts))]
+            raise ProtocolError(
+                "", f"this client already has {self.max_queue_per_client} infer requests waiting (the most one client "
+                "may have); wait for their replies before sending more", protocol.E_BUSY,
+            )
+
     def _server_info(self) -> dict[str, Any]:
-        return {"protocol_version": protocol.PROTOCOL_VERSION, "backend": self.backend, "max_batch": self.max_batch}
+        return {"protocol_version": protocol.PROTOCOL_VERSION, "backend": self.backend, "max_batch": self.max_batch,
+                "max_queue": self.max_queue, "max_queue_per_client": self.max_queue_per_client, "stats": self.stats()}
 
     # --------------------------------------------------------------------------- inference thread
 
@@ -251,20 +422,7 @@ class PolicyServer:
         out = self._context.socket(zmq.PAIR)
         out.connect(f"inproc://results-{id(self)}")
         try:
-            while True:
-                first = self._jobs.get()
-                if first is None:
-                    return
-                batch = [first]
-                while len(batch) < self.max_batch:  # take whatever else is already waiting
-                    try:
-                        nxt = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self._jobs.put(None)
-                        break
-                    batch.append(nxt)
+            while (batch := self._queue.take(self.max_batch)) is not None:  # clients in turn, up to a batch
                 started = time.perf_counter()
                 jobs: list[_Job] = []
                 for pending in self._drop_expired(batch, started, out):
@@ -292,6 +450,7 @@ class PolicyServer:
             waited = now - pending.received
             if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and 0 < deadline < waited:
                 message = f"waited {waited:.3f} s in the queue, beyond its deadline_s {deadline:.3f}; not run"
+                self._stats.expired += 1
                 out.send_multipart(pending.envelope + [protocol.pack_error(pending.request.id, protocol.E_EXPIRED, "deadline_s", message)])
             else:
                 live.append(pending)
@@ -325,6 +484,7 @@ class PolicyServer:
             raise ProtocolError("observation.state", f"expected shape [{self._state_dim}] (state_names), got {list(state.shape)}")
         if not np.all(np.isfinite(state)):
             raise ProtocolError("observation.state", "contains NaN or infinity")
+        self._refuse_far_from_training(state, self._state_range)
         seed = data.get("seed")
         if seed is None:
             rng = self._rng
@@ -346,6 +506,7 @@ class PolicyServer:
                 )
             if not np.all(np.isfinite(actions)):
                 raise ProtocolError("prefix", "contains NaN or infinity")
+            self._refuse_far_from_training(actions, self._prefix_range)
             if not 0 <= n_exec <= actions.shape[0]:
                 raise ProtocolError("n_executing", f"must be in [0, {actions.shape[0]}] (rows of prefix), got {n_exec}")
             prefix = (actions.astype(np.float32), n_exec)
@@ -356,6 +517,32 @@ class PolicyServer:
             None if prefix is None else (prefix[0].shape, prefix[1]),
         )
         return _Job(pending, obs, noise, prefix, time.perf_counter() - t0, signature)
+
+    def _refuse_far_from_training(self, values: np.ndarray, trained: _TrainedRange | None) -> None:
+        """Absurd but finite input (1e30, float32 max) would come back as NaN actions: refuse it, naming the joint."""
+        if trained is None:
+            return
+        index, deviation = trained.furthest(values)
+        if deviation > MAX_DEVIATION_STD:
+            self._stats.out_of_range += 1
+            raise ProtocolError(trained.field, trained.describe(values, index), protocol.E_OUT_OF_RANGE)
+
+    def _non_finite_error(self, job: _Job, actions: np.ndarray) -> bytes:
+        """The error sent instead of NaN/inf actions. It names the input furthest from the training data."""
+        where = ""
+        if actions.ndim == 2 and actions.shape[1] == self._action_dim:  # never raise here: it would stop the thread
+            step, joint = (int(i) for i in np.argwhere(~np.isfinite(actions))[0])
+            where = f" (first at step {step}, {self.metadata['action_names'][joint]})"
+        message = f"the policy produced non-finite actions{where}; none are sent"
+        inputs = [(self._state_range, job.obs["state"])]
+        if job.prefix is not None:
+            inputs.append((self._prefix_range, job.prefix[0]))
+        suspects = [(trained.furthest(values), trained, values) for trained, values in inputs if trained is not None]
+        if not suspects:
+            return protocol.pack_error(job.pending.request.id, protocol.E_NON_FINITE, "", message)
+        (index, _), trained, values = max(suspects, key=lambda s: s[0][1])
+        message += f"; the input furthest from the training data is {trained.field} {trained.describe(values, index)}"
+        return protocol.pack_error(job.pending.request.id, protocol.E_NON_FINITE, trained.field, message)
 
     def _run(self, jobs: list[_Job], started: float) -> list[tuple[_Pending, bytes]]:
         t0 = time.perf_counter()
@@ -383,7 +570,12 @@ class PolicyServer:
         replies = []
         for job, actions in zip(jobs, outputs):
             actions = np.asarray(actions, dtype=np.float32)
-            self.served += 1
+            if not np.isfinite(actions).all():  # checked per request, so one bad row fails only its own request
+                self._stats.non_finite += 1
+                log.warning("request %s: the policy produced non-finite actions; sent an error instead", job.pending.request.id)
+                replies.append((job.pending, self._non_finite_error(job, actions)))
+                continue
+            self._stats.served += 1
             timing = {
                 "queue": started - job.pending.received,
                 "preprocess": job.preprocess_s + (call_s - network_s),
@@ -535,6 +727,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", default="client", help="with --make-curve-keys: comma-separated client names")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch of concurrent requests; batching is used only if measured faster")
     p.add_argument("--seed", type=int, default=None, help="seed of the noise for requests without their own seed")
+    p.add_argument("--max-queue", type=int, default=64, help="most infer requests waiting in all; beyond it: busy")
+    p.add_argument("--max-queue-per-client", type=int, default=4,
+                   help="most infer requests waiting from one client; its excess gets busy, the others keep their turn")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -567,7 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("batching: %.1f ms per request alone, %.1f ms per request in a batch of %d -> max batch %d",
              single * 1e3, per_item * 1e3, max_batch, batch)
     server = PolicyServer(policy, args.bind, token=args.token, curve_keys=args.curve_keys, max_batch=batch,
-                          backend=choice.backend, seed=args.seed)
+                          backend=choice.backend, seed=args.seed, max_queue=args.max_queue,
+                          max_queue_per_client=args.max_queue_per_client)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     try:

@@ -87,6 +87,18 @@ def test_envelope_errors_name_the_field_and_keep_the_request_id() -> None:
     assert exc.value.code == protocol.E_MALFORMED
 
 
+@pytest.mark.parametrize("version", [True, 1.0, "1", None, 2, [1]])
+def test_version_must_be_the_integer_1(version: object) -> None:
+    # True == 1 and 1.0 == 1 in Python; the version is type-checked like every other field.
+    msg = {"v": version, "id": 5, "endpoint": "ping", "data": {}}
+    if version is None:
+        del msg["v"]
+    with pytest.raises(ProtocolError) as exc:
+        protocol.parse_request(msgpack.packb(msg))
+    assert exc.value.field == "v" and exc.value.code == protocol.E_VERSION and exc.value.request_id == 5
+    assert protocol.parse_request(msgpack.packb({**msg, "v": 1})).endpoint == "ping"
+
+
 def test_msgpack_ext_types_are_refused() -> None:
     payload = msgpack.packb({"v": 1, "id": 1, "endpoint": "ping", "data": {"x": msgpack.ExtType(1, b"abc")}})
     with pytest.raises(ProtocolError):

@@ -6,6 +6,8 @@ The server with a real checkpoint and the real Policy, in a subprocess, is teste
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -78,6 +80,14 @@ def make_server(free_port: int) -> Iterator:
     for server, thread in servers:
         server.stop()
         thread.join(5)
+
+
+def wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
+    """Wait for a state the server reaches by itself; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
 
 
 def raw_request(endpoint: str, frames: list[bytes], timeout_ms: int = 2000) -> dict:
@@ -207,6 +217,73 @@ def test_hostile_messages_are_answered_while_a_good_client_keeps_being_served(ma
     assert len(latencies) > before + 5, "the good client stalled while hostile messages were handled"
 
 
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_a_version_that_only_equals_1_is_refused_naming_v(make_server, version: object) -> None:
+    _, endpoint = make_server()
+    payload = protocol.pack({"v": version, "id": 11, "endpoint": "infer",
+                             "data": {"observation": protocol.encode_observation(observation())}})
+    reply = raw_request(endpoint, [payload])
+    assert reply["ok"] is False and reply["id"] == 11, reply
+    assert reply["error"]["code"] == protocol.E_VERSION and reply["error"]["field"] == "v", reply
+    assert repr(version) in reply["error"]["message"]
+
+
+class NaNPolicy(StandInPolicy):
+    """Returns NaN at step 3 of joint a2 whenever state[0] > 0.5 (a model that blows up on some input)."""
+
+    def __init__(self, with_stats: bool) -> None:
+        super().__init__()
+        if with_stats:
+            unit = {"mean": [0.0] * STATE_DIM, "std": [1.0] * STATE_DIM}
+            self.metadata["normalization"] = {"state": unit, "action": unit}
+
+    def infer(self, obs, noise=None, prefix=None):
+        out = super().infer(obs, noise, prefix)
+        out[..., 3, 2] = np.where(np.asarray(obs["state"])[..., 0] > 0.5, np.nan, out[..., 3, 2])
+        return out
+
+
+@pytest.mark.parametrize("with_stats", [True, False])
+def test_non_finite_actions_are_never_sent(make_server, with_stats: bool) -> None:
+    server, endpoint = make_server(NaNPolicy(with_stats))
+    bad = observation(0.0)
+    bad["state"][[0, 7]] = 1.0, 40.0  # inside the 1e4-std bound, so only the output check can catch it
+    with PolicyClient(endpoint, timeout_s=2.0) as client:
+        for _ in range(3):
+            with pytest.raises(ServerError) as exc:
+                client.infer(bad, seed=4)
+            assert exc.value.code == protocol.E_NON_FINITE, exc.value
+            assert "step 3, a2" in exc.value.detail and "none are sent" in exc.value.detail
+            if with_stats:  # names the input furthest from the training data, with its trained range
+                assert exc.value.field == "observation.state" and "joint 7 (s7) = 40" in exc.value.detail, exc.value
+                assert "0 ± 1 (mean ± std)" in exc.value.detail
+            else:
+                assert exc.value.field == ""
+        assert np.isfinite(client.infer(observation(0.0), seed=4).actions).all()  # still served
+    assert server.stats()["non_finite"] == 3 and server.stats()["served"] == 1
+
+
+def test_absurd_state_and_prefix_are_refused_before_inference(make_server) -> None:
+    policy = NaNPolicy(with_stats=True)
+    server, endpoint = make_server(policy)
+    f32_max = float(np.finfo(np.float32).max)
+    with PolicyClient(endpoint, timeout_s=2.0) as client:
+        for value in (1e30, f32_max):
+            obs = observation(0.0)
+            obs["state"][9] = value
+            with pytest.raises(ServerError) as exc:
+                client.infer(obs)
+            assert exc.value.code == protocol.E_OUT_OF_RANGE and exc.value.field == "observation.state"
+            assert "joint 9 (s9)" in exc.value.detail and "[-10000, 10000]" in exc.value.detail, exc.value
+            prefix = np.zeros((CHUNK, ACTION_DIM), np.float32)
+            prefix[4:] = value
+            with pytest.raises(ServerError) as exc:
+                client.infer(observation(0.0), prefix=prefix, n_executing=2)
+            assert exc.value.code == protocol.E_OUT_OF_RANGE and exc.value.field == "prefix"
+            assert "row 4, joint 0 (a0)" in exc.value.detail, exc.value
+    assert policy.calls == 0 and server.stats()["out_of_range"] == 4
+
+
 def test_late_replies_are_discarded_and_the_client_recovers(make_server) -> None:
     policy = StandInPolicy(delay_s=0.5)
     _, endpoint = make_server(policy)
@@ -324,6 +401,109 @@ def test_a_flood_of_requests_gets_busy_replies_not_unbounded_memory(make_server)
     finally:
         sock.close()
     assert codes.count("busy") >= 10 and codes.count("ok") >= 4, codes
+
+
+class GatedPolicy(StandInPolicy):
+    """Records whose request each call serves (state[0] tags the client) and holds every call until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.order: list[float] = []
+
+    def infer(self, obs, noise=None, prefix=None):
+        self.order.append(float(obs["state"][0]))
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().infer(obs, noise, prefix)
+
+
+def test_a_flooding_client_gets_busy_for_its_own_excess_and_the_others_keep_their_turn(make_server) -> None:
+    policy = GatedPolicy()
+    server, endpoint = make_server(policy, max_queue=64, max_queue_per_client=4)
+    flood, flooder_tag = 2000, 1.0
+    flooder = zmq.Context.instance().socket(zmq.DEALER)
+    flooder.setsockopt(zmq.LINGER, 0)
+    flooder.setsockopt(zmq.RCVHWM, 0)  # keep all the replies it does not read yet, to count them at the end
+    flooder.connect(endpoint)
+    results: dict[float, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def robot(tag: float) -> None:
+        try:
+            with PolicyClient(endpoint, timeout_s=60.0) as client:
+                results[tag] = client.infer(observation(tag), seed=1).actions
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    robots = {tag: threading.Thread(target=robot, args=(tag,)) for tag in (2.0, 3.0)}
+    try:
+        payload = {"observation": protocol.encode_observation(observation(flooder_tag))}
+        for i in range(flood):  # valid requests, none of whose replies it reads
+            flooder.send(protocol.pack_request(i, "infer", payload))
+        # One request runs (held at the gate), 4 wait, every other one is refused.
+        wait_until(lambda: server.stats()["busy_client_full"] == flood - 5, "the server has read the whole flood")
+        assert policy.order == [flooder_tag] and server.stats()["queued"] == 4
+        for n, thread in enumerate(robots.values(), start=1):  # one after the other, so their turns are known
+            thread.start()
+            wait_until(lambda: server.stats()["queued"] == 4 + n, f"robot {n}'s request is queued")
+        policy.gate.set()
+        for thread in robots.values():
+            thread.join(60)
+        replies = []
+        for _ in range(flood):
+            assert flooder.poll(10000), f"the flooder got {len(replies)} replies of {flood}"
+            replies.append(msgpack.unpackb(flooder.recv_multipart()[-1], raw=False))
+    finally:
+        policy.gate.set()
+        flooder.close()
+    assert not errors, errors  # no busy (ServerError) and no timeout for the well-behaved robots
+    assert sorted(results) == [2.0, 3.0]
+    # Each robot waited behind one flood request, not behind the flooder's backlog (its last three ran after).
+    assert policy.order == [flooder_tag, flooder_tag, 2.0, 3.0, flooder_tag, flooder_tag, flooder_tag], policy.order
+    ok = [r for r in replies if r["ok"]]
+    busy = [r for r in replies if not r["ok"]]
+    assert len(ok) == 5 and len(busy) == flood - 5  # which 5 depends on when the gated call took the first
+    assert {r["error"]["code"] for r in busy} == {protocol.E_BUSY} and "this client" in busy[0]["error"]["message"]
+    stats = server.stats()
+    assert stats["busy_queue_full"] == 0 and list(stats["busy_by_client"].values()) == [flood - 5], stats
+
+
+FLOODER = """
+import sys
+import numpy as np
+import zmq
+from dit4dit.runtime import protocol
+
+obs = {"images": {"head": np.zeros((32, 32, 3), np.uint8), "wrist": np.zeros((24, 24, 3), np.uint8)},
+       "state": np.full(29, 1.0, np.float32), "instruction": "flood"}
+payload = protocol.pack_request(1, "infer", {"observation": protocol.encode_observation(obs)})
+sock = zmq.Context().socket(zmq.DEALER)
+sock.setsockopt(zmq.LINGER, 0)
+sock.connect(sys.argv[1])
+while True:  # valid requests as fast as it can send them; never reads a reply
+    sock.send(payload)
+"""
+
+
+def test_a_robot_is_served_while_another_process_floods_the_server(make_server) -> None:
+    # The flood never ends while the robot works: a socket thread that read every waiting message before
+    # sending the ready replies would hold the robot's reply until its timeout.
+    server, endpoint = make_server(StandInPolicy(delay_s=0.001))
+    flooder = subprocess.Popen([sys.executable, "-c", FLOODER, endpoint])
+    try:
+        wait_until(lambda: server.stats()["busy_client_full"] > 1000, "the flood is under way")
+        refused_before = server.stats()["busy_client_full"]
+        with PolicyClient(endpoint, timeout_s=30.0) as robot:
+            for i in range(10):  # a busy reply would raise ServerError, a held one ServerTimeout
+                out = robot.infer(observation(2.0), seed=i).actions
+                np.testing.assert_allclose(out.mean(), 2.0, atol=0.1)
+        assert flooder.poll() is None, "the flooder stopped early"
+        stats = server.stats()
+        assert stats["busy_client_full"] > refused_before, "the flood was not going on while the robot was served"
+        assert stats["busy_queue_full"] == 0, stats
+    finally:
+        flooder.kill()
+        flooder.wait(10)
 
 
 def test_requests_past_their_deadline_are_not_run(make_server) -> None:

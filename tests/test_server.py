@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from dit4dit.runtime import protocol
+from dit4dit.runtime import server as server_module
 from dit4dit.runtime.client import PolicyClient, ServerError, ServerTimeout
 from server_harness import ServerProcess
 
@@ -177,3 +178,48 @@ def test_server_error_names_policy_field(serve) -> None:
             client.infer(obs)
         assert exc.value.field == f"observation.images.{cam}" and "pixels" in exc.value.detail
         assert client.infer(observation(meta)).actions.shape == (8, 14)
+
+
+def server_stats(endpoint: str) -> dict:
+    """The server's counters, from its `metadata` reply (server.stats)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(protocol.pack_request(1, "metadata"))
+        assert sock.poll(10000), "no reply to metadata"
+        return msgpack.unpackb(sock.recv_multipart()[-1], raw=False)["data"]["server"]["stats"]
+    finally:
+        sock.close()
+
+
+def test_absurd_state_or_prefix_is_refused_naming_the_field_and_the_trained_range(serve) -> None:
+    # The tiny model turns a state of 1e20 or more into a chunk of NaN; the server must refuse such input.
+    _, endpoint = serve("--max-batch", "1")
+    with PolicyClient(endpoint, timeout_s=10.0) as client:
+        meta = client.metadata()
+        norm = meta["normalization"]
+        obs = observation(meta)
+        chunk = np.tile(np.asarray(norm["action"]["mean"], np.float32), (meta["chunk_length"], 1))
+        f32_max = float(np.finfo(np.float32).max)
+        cases = []
+        for value in (1e30, f32_max, -f32_max):
+            state = obs["state"].copy()
+            state[3] = value
+            cases.append(({**obs, "state": state}, None, "observation.state", "state", 3))
+            prefix = chunk.copy()
+            prefix[2:, 5] = value  # the previous chunk's tail holds the absurd values
+            cases.append((obs, prefix, "prefix", "action", 5))
+        for case_obs, prefix, field, kind, joint in cases:
+            with pytest.raises(ServerError) as exc:  # an error, never a chunk
+                client.infer(case_obs, seed=1, prefix=prefix, n_executing=0 if prefix is None else 2)
+            err = exc.value
+            assert err.code == protocol.E_OUT_OF_RANGE and err.field == field, err
+            mean, std = norm[kind]["mean"][joint], norm[kind]["std"][joint]
+            assert meta[f"{kind}_names"][joint] in err.detail and f"{mean:.6g} ± {std:.6g} (mean ± std)" in err.detail, err
+        # Far from the data but inside the bound: served, and finite.
+        near = obs["state"] + 0.9 * server_module.MAX_DEVIATION_STD * np.asarray(norm["state"]["std"], np.float32)
+        assert np.isfinite(client.infer({**obs, "state": near}, seed=1).actions).all()
+        assert np.isfinite(client.infer(obs, seed=1).actions).all()
+    stats = server_stats(endpoint)
+    assert stats["out_of_range"] == len(cases) and stats["non_finite"] == 0 and stats["served"] == 2, stats

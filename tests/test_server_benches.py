@@ -33,3 +33,11 @@ def test_make_curve_keys_cli(tmp_path: Path) -> None:
     assert {"server.key", "server.key_secret", "robot1.key_secret", "robot2.key_secret", "authorized"} <= names
     assert {p.name for p in (tmp_path / "keys" / "authorized").iterdir()} == {"robot1.key", "robot2.key"}
     assert (tmp_path / "keys" / "server.key_secret").stat().st_mode & 0o077 == 0  # secrets are private
+
+
+def test_bench_fairness_prints_its_table() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_fairness.py"), "--n", "10"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("|                    4 | alone ", "|                    4 | beside a flooder ", "|                   64 | beside a flooder "):
+        assert row in proc.stdout, proc.stdout
