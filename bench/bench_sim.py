@@ -91,7 +91,7 @@ def _free_port() -> int:
 
 def bench_dds(seconds: float, domain: int, camera: str | None) -> None:
     """dit4dit-sim in its own process; this process subscribes rt/lowstate with the SDK and times arrivals."""
-    from dit4dit.drivers.sim.bridge import control_request
+    from dit4dit.drivers.sim.bridge import control_request, wait_for_sim
     from unitree_sdk2py.core.channel import ChannelFactoryInitialize, ChannelSubscriber
     from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
 
@@ -103,14 +103,7 @@ def bench_dds(seconds: float, domain: int, camera: str | None) -> None:
     sub = None
     try:
         addr = f"tcp://127.0.0.1:{ctrl}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                control_request(addr, "ping", timeout_s=1.0)
-                break
-            except TimeoutError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("dit4dit-sim did not start") from None
+        wait_for_sim(addr, alive=lambda: proc.poll() is None)
         ChannelFactoryInitialize(domain, "lo")
         arrivals: list[float] = []
         ticks: list[int] = []

@@ -3,7 +3,7 @@
     dit4dit-calibrate {intrinsics,handeye,timing,joints,all} --config deploy.yaml --out calib.yaml
 
 Runs against whatever deploy.yaml points at: the real G1 (robot.interface / domain 0) or dit4dit-sim.
-Every arm motion goes through the controller's safety layer (runtime/safety.py, limits from deploy.yaml's
+Every arm motion goes through the controller's safety layer (runtime/realtime/safety.py, limits from deploy.yaml's
 ``safety`` section). The arm first moves slowly to the start pose, calibrates, returns to the start pose and
 damps, as dit4dit-robot does at the end of a run: on the real robot in ``lowcmd`` mode keep it on its gantry.
 
@@ -151,10 +151,13 @@ def _open_output(args: argparse.Namespace, robot_id: RobotId, camera_id: CameraI
     return CalibrationFile(robot=robot_id, camera=camera_id)
 
 
+REALSENSE_DEFAULT_SIZE = (640, 480)  # the D435's colour mode when deploy.yaml sets no size
+
+
 def _connect(cfg: Any, args: argparse.Namespace, need_robot: bool, need_camera: bool) -> Rig:
     from dit4dit.calibration.session import MoveSettings, RobotSession
     from dit4dit.drivers.cameras import CameraError, camera_config, make_camera
-    from dit4dit.runtime.safety import SafetyLimits
+    from dit4dit.runtime.realtime.safety import SafetyLimits
 
     cs = _camera_section(cfg, args.camera)
     fields: dict[str, Any] = {"name": args.camera, "width": cs.width, "height": cs.height, "fps": cs.fps,
@@ -304,7 +307,8 @@ def do_intrinsics(rig: Rig, args: argparse.Namespace) -> tuple[Intrinsics, str |
     cs = rig.cfg.cameras[rig.camera_name]
     try:
         if rig.camera_kind == "realsense" and not args.charuco and args.images is None:
-            intr, serial = read_realsense_intrinsics(cs.serial, cs.width, cs.height, int(cs.fps))
+            w, h = (cs.width, cs.height) if cs.width is not None else REALSENSE_DEFAULT_SIZE
+            intr, serial = read_realsense_intrinsics(cs.serial, w, h, int(cs.fps))
             log.info("RealSense %s factory intrinsics: fx %.2f fy %.2f cx %.2f cy %.2f (%s)", serial, intr.fx, intr.fy,
                      intr.cx, intr.cy, intr.source_model)
             return intr, serial
@@ -328,9 +332,16 @@ def _need_intrinsics(calib: CalibrationFile, rig: Rig) -> Intrinsics:
     if intr is None:
         raise CalibrateError("no intrinsics yet: run `dit4dit-calibrate intrinsics` first (or `all`)")
     cs = rig.cfg.cameras[rig.camera_name]
-    if (intr.width, intr.height) != (cs.width, cs.height):
+    if cs.width is not None:
+        size = (cs.width, cs.height)
+    elif rig.camera is not None:  # deploy.yaml leaves the size to the stream: the size of its frames
+        h, w = rig.camera.read_latest(max(cs.max_age_s, 1.0)).image.shape[:2]
+        size = (w, h)
+    else:
+        return intr
+    if (intr.width, intr.height) != size:
         raise CalibrateError(f"the file's intrinsics are for {intr.width}x{intr.height}, the camera streams "
-                             f"{cs.width}x{cs.height}; recalibrate intrinsics")
+                             f"{size[0]}x{size[1]}; recalibrate intrinsics")
     return intr
 
 

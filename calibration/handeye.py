@@ -6,9 +6,12 @@ the plate in the camera's optical frame, C_i. With X = camera in torso and Y = p
 
     B_i @ Y = X @ C_i    for every i.
 
-1. Closed form: OpenCV's ``calibrateHandEye`` in its eye-to-hand use (robot poses inverted), when this
-   OpenCV's Python bindings expose it; opencv-python 5.0.0 does not (opencv/opencv#29565, fixed upstream in
-   #29584), so we fall back to Park & Martin's solution of A X = X B over all pose pairs, implemented here.
+1. Closed form: OpenCV's ``calibrateHandEye`` (Park & Martin) in its eye-to-hand use (robot poses inverted).
+   pyproject.toml pins opencv-python-headless>=4.14,<5: 5.0.0 does not expose this function to Python
+   (opencv/opencv#29565, fixed upstream in #29584), and 4.13 and older put every ChArUco corner ~0.5 px off
+   (opencv/opencv#25539). Where the binding is missing anyway, our own Park & Martin over all pose pairs
+   (``park_martin_eye_to_hand``) is used; tests/test_calibration_handeye.py checks it against
+   ``cv2.calibrateHandEye`` (Park, and Tsai and Daniilidis for reference) on the same data.
 2. Refinement: X and Y together by Levenberg-Marquardt on the reprojection error of every detected corner.
    This weighs each corner as the camera actually measures it, so noisy, far or oblique views count less
    than the closed form lets them.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import combinations
 
 import cv2
 import numpy as np
@@ -140,27 +144,28 @@ def park_martin(A: list[np.ndarray], B: list[np.ndarray]) -> np.ndarray:
     return make_T(R, t)
 
 
+def park_martin_eye_to_hand(T_base_hand: list[np.ndarray], T_cam_target: list[np.ndarray]) -> np.ndarray:
+    """X = camera in base by our Park-Martin over all pose pairs (the pairs OpenCV's solver uses too)."""
+    # B_j B_i^-1 X = X C_j C_i^-1: the unknown plate-in-hand cancels.
+    pairs = list(combinations(range(len(T_base_hand)), 2))
+    A = [T_base_hand[j] @ inv_T(T_base_hand[i]) for i, j in pairs]
+    B = [T_cam_target[j] @ inv_T(T_cam_target[i]) for i, j in pairs]
+    return park_martin(A, B)
+
+
 def closed_form_eye_to_hand(T_base_hand: list[np.ndarray], T_cam_target: list[np.ndarray]) -> tuple[np.ndarray, str]:
-    """X = camera in base from the pose pairs, by OpenCV's solver when available, else Park-Martin."""
-    solver = getattr(cv2, "calibrateHandEye", None)
-    if solver is not None:
-        # Eye-to-hand use of the eye-in-hand solver: feed base->gripper (the inverse robot poses);
-        # the "camera to gripper" it returns is then the camera in the base frame.
-        inv = [inv_T(T) for T in T_base_hand]
-        R, t = solver(
-            [T[:3, :3] for T in inv], [T[:3, 3] for T in inv],
-            [T[:3, :3] for T in T_cam_target], [T[:3, 3] for T in T_cam_target],
-            method=cv2.CALIB_HAND_EYE_PARK,
-        )
-        return make_T(R, t), "opencv_park"
-    A, B = [], []
-    n = len(T_base_hand)
-    # All pairs: B_j B_i^-1 X = X C_j C_i^-1 (the unknown plate-in-hand cancels).
-    for i in range(n):
-        for j in range(i + 1, n):
-            A.append(T_base_hand[j] @ inv_T(T_base_hand[i]))
-            B.append(T_cam_target[j] @ inv_T(T_cam_target[i]))
-    return park_martin(A, B), "park_martin"
+    """X = camera in base from the pose pairs: OpenCV's Park-Martin, or ours where cv2 lacks the binding."""
+    if not hasattr(cv2, "calibrateHandEye"):  # opencv-python 5.0.0 (see the module docstring)
+        return park_martin_eye_to_hand(T_base_hand, T_cam_target), "park_martin"
+    # Eye-to-hand use of the eye-in-hand solver: feed base->gripper (the inverse robot poses);
+    # the "camera to gripper" it returns is then the camera in the base frame.
+    inv = [inv_T(T) for T in T_base_hand]
+    R, t = cv2.calibrateHandEye(
+        [T[:3, :3] for T in inv], [T[:3, 3] for T in inv],
+        [T[:3, :3] for T in T_cam_target], [T[:3, 3] for T in T_cam_target],
+        method=cv2.CALIB_HAND_EYE_PARK,  # by keyword: the 5th positional argument is an output array
+    )
+    return make_T(R, t), "opencv_park"
 
 
 def target_in_hand(T_base_hand: list[np.ndarray], T_cam_target: list[np.ndarray], X: np.ndarray) -> list[np.ndarray]:

@@ -1,6 +1,6 @@
 """What calibration procedures need from a robot: joint state, images, and slow safe moves.
 
-Every command goes through ``runtime.safety.SafeRobot`` (soft limits, per-tick step limit, gain bounds,
+Every command goes through ``runtime.realtime.safety.SafeRobot`` (soft limits, per-tick step limit, gain bounds,
 latching damping), exactly as the controller's commands do. Two implementations:
 
 * :class:`SimSession`: the in-process ``G1Sim`` (fast, deterministic; tests).
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from dit4dit.drivers import g1_spec
-from dit4dit.runtime.safety import SafeRobot, SafetyLimits
+from dit4dit.runtime.realtime.safety import SafeRobot, SafetyLimits
 
 log = logging.getLogger(__name__)
 

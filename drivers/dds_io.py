@@ -61,12 +61,14 @@ def _topic(domain: int, name: str, idl_type: Any) -> Any:
 class RawReader:
     """A polled reader: no listener, no per-message Python. ``take()`` empties the history, newest last."""
 
-    def __init__(self, domain: int, topic: str, idl_type: Any, depth: int = 16) -> None:
+    def __init__(self, domain: int, topic: str, idl_type: Any, depth: int = 16, reliable: bool = False) -> None:
+        """``reliable``: ask writers to resend what was lost (recorders); best effort suits a fresh-state reader."""
         from cyclonedds.core import Policy, Qos
         from cyclonedds.sub import DataReader
 
         self.topic = topic
-        qos = Qos(Policy.History.KeepLast(depth), Policy.Reliability.BestEffort)
+        reliability = Policy.Reliability.Reliable(0) if reliable else Policy.Reliability.BestEffort
+        qos = Qos(Policy.History.KeepLast(depth), reliability)
         self._reader = DataReader(participant(domain), _topic(domain, topic, idl_type), qos=qos)
         self._depth = depth
         self._lock = threading.Lock()

@@ -559,7 +559,7 @@ class G1Robot:
         tau: np.ndarray | None = None,
     ) -> None:
         """Set the latest target (29 joints, g1_spec order) for the publisher thread. In arm_sdk mode only
-        the arm/waist entries are sent and the weight ramps to 1. No limiting here: runtime/safety.py does that."""
+        the arm/waist entries are sent and the weight ramps to 1. No limiting here: runtime/realtime/safety.py does that."""
         if not self._connected:
             raise RobotError("G1Robot.command before connect()")
         target = make_target(q, kp, kd, dq, tau)

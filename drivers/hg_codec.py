@@ -174,43 +174,60 @@ def _record(packed: bytes, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(bytearray(packed), dtype=dtype).reshape(())
 
 
+# Where each message's first motor starts in the XCDR1 body (LowCmd: after mode_pr + mode_machine;
+# LowState: after the IMU struct, which XCDR1 ends 2 bytes before the C layout's padded end).
+_LOWCMD_HEAD, _LOWSTATE_HEAD = 2, 70
+
+
+def _to_cdr(packed: bytes, head: int) -> bytes:
+    # C: [head bytes][2 pad][mode][3 pad][floats...]  ->  XCDR1: [head bytes][mode][1 pad][floats...]
+    return CDR_LE_HEADER + packed[:head] + packed[head + 2 : head + 3] + b"\x00" + packed[head + 6 :]
+
+
+def _from_cdr(sample: bytes, head: int, dtype: np.dtype) -> np.ndarray:
+    body = sample[4:]
+    return _record(body[:head] + b"\x00\x00" + body[head : head + 1] + b"\x00\x00\x00" + body[head + 2 :], dtype)
+
+
 def lowcmd_to_cdr(packed: bytes) -> bytes:
     """C-layout LowCmd_ (1004 bytes) -> the serialized sample (header + 1000-byte body)."""
     _check_size("packed LowCmd_", packed, LOWCMD_DTYPE.itemsize)
-    return CDR_LE_HEADER + packed[0:2] + packed[4:5] + b"\x00" + packed[8:]
+    return _to_cdr(packed, _LOWCMD_HEAD)
 
 
 def lowcmd_from_cdr(sample: bytes) -> np.ndarray:
     """A serialized LowCmd_ sample -> one LOWCMD_DTYPE record (a copy)."""
     _check_size("a serialized rt/lowcmd sample", sample, LOWCMD_CDR_SIZE)
-    body = sample[4:]
-    packed = body[0:2] + b"\x00\x00" + body[2:3] + b"\x00\x00\x00" + body[4:]
-    return _record(packed, LOWCMD_DTYPE)
+    return _from_cdr(sample, _LOWCMD_HEAD, LOWCMD_DTYPE)
 
 
 def lowstate_to_cdr(packed: bytes) -> bytes:
     """C-layout LowState_ (2092 bytes) -> the serialized sample (header + 2088-byte body)."""
     _check_size("packed LowState_", packed, LOWSTATE_DTYPE.itemsize)
-    return CDR_LE_HEADER + packed[0:70] + packed[72:73] + b"\x00" + packed[76:]
+    return _to_cdr(packed, _LOWSTATE_HEAD)
 
 
 def lowstate_from_cdr(sample: bytes) -> np.ndarray:
     """A serialized LowState_ sample -> one LOWSTATE_DTYPE record (a copy)."""
     _check_size("a serialized rt/lowstate sample", sample, LOWSTATE_CDR_SIZE)
-    body = sample[4:]
-    packed = body[0:70] + b"\x00\x00" + body[70:71] + b"\x00\x00\x00" + body[72:]
-    return _record(packed, LOWSTATE_DTYPE)
+    return _from_cdr(sample, _LOWSTATE_HEAD, LOWSTATE_DTYPE)
 
 
 class LowCmdRecord:
-    """One reusable LowCmd_ in the C layout: ``set`` the motor fields from arrays, then ``serialize``.
+    """One reusable LowCmd_: ``set`` the motor fields from arrays, then ``serialize``.
 
-    ``mode_machine`` is latched from the robot's LowState; ``mode_pr`` stays 0 (PR). Nothing is
-    allocated per message apart from the output bytes.
+    Both layouts live in buffers made once: the C record the CRC is defined over, and the XCDR1 sample
+    that goes on the wire, filled from it through fixed numpy views. ``serialize`` returns that same
+    bytearray every time (write it before the next call). ``mode_machine`` is latched from the robot's
+    LowState; ``mode_pr`` stays 0 (PR).
     """
 
     def __init__(self, mode_machine: int, joints: Any = None) -> None:
-        self.rec = np.zeros((), dtype=LOWCMD_DTYPE)
+        self._c = bytearray(LOWCMD_DTYPE.itemsize)
+        self.rec = np.frombuffer(self._c, dtype=LOWCMD_DTYPE).reshape(())
+        self._words = np.frombuffer(self._c, dtype="<u4")  # the CRC covers every word but the last (the crc)
+        self._cdr = bytearray(CDR_LE_HEADER + bytes(LOWCMD_CDR_SIZE - 4))
+        self._c8, self._cdr8 = np.frombuffer(self._c, np.uint8), np.frombuffer(self._cdr, np.uint8)
         self.rec["mode_machine"] = mode_machine
         self.joints = np.arange(g1_spec.NUM_JOINTS) if joints is None else np.asarray(joints)
         self._mc = self.rec["motor_cmd"]
@@ -233,9 +250,14 @@ class LowCmdRecord:
         """The 29 joint targets as float32 went on the wire (what the robot receives)."""
         return self._mc["q"][: g1_spec.NUM_JOINTS].astype(np.float64)
 
-    def serialize(self) -> bytes:
-        self.rec["crc"] = packed_crc(self.rec)
-        return lowcmd_to_cdr(self.rec.tobytes())
+    def serialize(self) -> bytearray:
+        """The CRC set and the XCDR1 sample (header + 1000-byte body), in the record's own buffer."""
+        self._words[-1] = crc32_words(self._words[:-1])
+        c, w, h = self._c8, self._cdr8, _LOWCMD_HEAD  # _to_cdr, into the preallocated sample
+        w[4 : 4 + h] = c[:h]  # mode_pr, mode_machine
+        w[4 + h] = c[h + 2]  # the first motor's mode (XCDR1 aligns only the float after it)
+        w[4 + h + 2 :] = c[h + 6 :]
+        return self._cdr
 
 
 class LowStateRecord:

@@ -45,6 +45,9 @@ ARM_GROUP = {"left": "left_arm", "right": "right_arm"}
 HAND_FRAME = {"left": "left_hand", "right": "right_hand"}
 TELEOP_FORMAT_VERSION = 1
 MAX_INTEGRATION_DT = 0.1  # a pause in target() calls never turns into one big step
+# Integrating devices (sticks, keys) keep their target within this of the measured joints: an arm held back
+# (a hand pressing on the table) must not let the target wind up to the limits while the person keeps pushing.
+MAX_LEAD_RAD = 0.3
 
 
 def _indices(controlled: Iterable[int | str] | None) -> np.ndarray:
@@ -62,10 +65,14 @@ class TeleopDevice(abc.ABC):
 
     name = "teleop"
 
-    def __init__(self, controlled: Iterable[int | str] | None = None) -> None:
+    def __init__(self, controlled: Iterable[int | str] | None = None,
+                 measured_source: Callable[[], np.ndarray] | None = None, max_lead: float = MAX_LEAD_RAD) -> None:
         self.controlled = _indices(controlled)
         self._q: np.ndarray | None = None  # current full target
         self._base: np.ndarray | None = None  # pose at start(); uncontrolled joints stay here
+        # the measured joints (e.g. lambda: robot.state().q), for the anti-windup of integrating devices
+        self.measured_source = measured_source
+        self.max_lead = max_lead
 
     def start(self, q_measured: np.ndarray) -> None:
         q = np.asarray(q_measured, dtype=np.float64)
@@ -89,11 +96,21 @@ class TeleopDevice(abc.ABC):
             raise RuntimeError(f"{self.name}: call start(q_measured) before target()")
         return self._q
 
-    def _set_controlled(self, q_new: np.ndarray) -> np.ndarray:
-        """Accept new values for the controlled joints only, clamped to the hard limits."""
+    def _set_controlled(self, q_new: np.ndarray, integrating: bool = False) -> np.ndarray:
+        """Accept new values for the controlled joints only, clamped to the hard limits. ``integrating``
+        (a target built up from increments): also within ``max_lead`` of the measured joints (no windup)."""
         assert self._q is not None and self._base is not None
+        c = self.controlled
         q = self._base.copy()
-        q[self.controlled] = np.clip(q_new[self.controlled], g1_spec.LOWER[self.controlled], g1_spec.UPPER[self.controlled])
+        q[c] = np.clip(q_new[c], g1_spec.LOWER[c], g1_spec.UPPER[c])
+        if integrating and self.measured_source is not None:
+            measured = np.asarray(self.measured_source(), dtype=np.float64)
+            if measured.shape == (g1_spec.NUM_JOINTS,) and np.all(np.isfinite(measured)):
+                # a step that would lead further is cut, but a target already beyond (at start) may come back
+                prev = self._q[c]
+                lo = np.minimum(measured[c] - self.max_lead, prev)
+                hi = np.maximum(measured[c] + self.max_lead, prev)
+                q[c] = np.clip(q[c], lo, hi)
         self._q = q
         return q.copy()
 
@@ -162,8 +179,9 @@ class RemoteSticksTeleop(_CartesianMixin, TeleopDevice):
         ee_speed: float = 0.1,
         deadzone: float = 0.05,
         kinematics: Any | None = None,
+        measured_source: Callable[[], np.ndarray] | None = None,
     ) -> None:
-        super().__init__(controlled)
+        super().__init__(controlled, measured_source)
         if mode not in ("joint", "ee"):
             raise ValueError(f"RemoteSticksTeleop mode must be 'joint' or 'ee', got {mode!r}")
         if arm not in ARM_GROUP:
@@ -203,10 +221,10 @@ class RemoteSticksTeleop(_CartesianMixin, TeleopDevice):
             v[j[1]] = -lx
             v[j[3]] = -ry
             v[j[4]] = rx
-            return self._set_controlled(q + v * self.joint_speed * dt)
+            return self._set_controlled(q + v * self.joint_speed * dt, integrating=True)
         delta = np.array([ly, -lx, ry]) * self.ee_speed * dt
         q_new = self._ee_move(self.arm, delta)
-        return q.copy() if q_new is None else self._set_controlled(q_new)
+        return q.copy() if q_new is None else self._set_controlled(q_new, integrating=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -241,8 +259,9 @@ class KeyboardTeleop(_CartesianMixin, TeleopDevice):
         ee_step: float = 0.01,
         joint_step: float = 0.05,
         kinematics: Any | None = None,
+        measured_source: Callable[[], np.ndarray] | None = None,
     ) -> None:
-        super().__init__(controlled)
+        super().__init__(controlled, measured_source)
         if arm not in ARM_GROUP:
             raise ValueError(f"arm must be 'left' or 'right', got {arm!r}")
         if not (ee_step > 0 and joint_step > 0):
@@ -291,13 +310,13 @@ class KeyboardTeleop(_CartesianMixin, TeleopDevice):
             elif k in "ws":
                 q = self._q.copy()
                 q[joints[self.joint]] += self.joint_step if k == "w" else -self.joint_step
-                self._set_controlled(q)
+                self._set_controlled(q, integrating=True)
             return
         step = {"w": (1, 0, 0), "s": (-1, 0, 0), "a": (0, 1, 0), "d": (0, -1, 0), "r": (0, 0, 1), "f": (0, 0, -1)}.get(k)
         if step is not None:
             q_new = self._ee_move(self.arm, np.array(step, dtype=float) * self.ee_step)
             if q_new is not None:
-                self._set_controlled(q_new)
+                self._set_controlled(q_new, integrating=True)
 
 
 class TerminalKeyReader:
@@ -551,16 +570,18 @@ def make_teleop(
     stick_velocity: float = 0.5,
     timeout_s: float = 0.5,
     remote_source: Callable[[], Remote] | None = None,
+    measured_source: Callable[[], np.ndarray] | None = None,
 ) -> TeleopDevice | None:
-    """A device from deploy.yaml's teleop section values (``device``: none | remote | keyboard | zmq)."""
+    """A device from deploy.yaml's teleop section values (``device``: none | remote | keyboard | zmq).
+    ``measured_source`` (e.g. ``lambda: robot.state().q``) keeps the integrating devices from winding up."""
     if device == "none":
         return None
     if device == "remote":
         if remote_source is None:
             raise ValueError("teleop device 'remote' needs remote_source (e.g. lambda: robot.state().remote)")
-        return RemoteSticksTeleop(remote_source, controlled, joint_speed=stick_velocity)
+        return RemoteSticksTeleop(remote_source, controlled, joint_speed=stick_velocity, measured_source=measured_source)
     if device == "keyboard":
-        return KeyboardTeleop(controlled)
+        return KeyboardTeleop(controlled, measured_source=measured_source)
     if device == "zmq":
         if not endpoint:
             raise ValueError("teleop device 'zmq' needs endpoint (tcp://host:port of the teleop stream)")

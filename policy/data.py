@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dit4dit.drivers.cameras.resize import area_resize
+
 SYNTHETIC_TASKS = ("moving_dot",)
 
 
@@ -84,9 +86,7 @@ class TrainingData:
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3), area-averaged (the same resize Policy.infer applies)."""
-    if frames.shape[1:3] == (size, size):
-        return np.ascontiguousarray(frames)
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+    return area_resize(frames, (size, size))
 
 
 def load_training_data(spec: str, image_size: int, camera: str = "head", *, seed: int = 0,

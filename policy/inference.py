@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 import torch
+
+from dit4dit.drivers.cameras.resize import area_resize
 
 from .checkpoint import load_checkpoint
 from .model import ActionSampler, DiT4DiT, FeatureNet
@@ -67,9 +68,7 @@ def frames_to_model(frames: np.ndarray, size: int) -> np.ndarray:
 
     Training applies this same function to recorded frames, so inference sees what training saw."""
     lead = frames.shape[:-3]
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    if flat.shape[1:3] != (size, size):
-        flat = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in flat])
+    flat = area_resize(frames.reshape(-1, *frames.shape[-3:]), (size, size))
     out = flat.astype(np.float32) * (2.0 / 255.0) - 1.0
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2)).reshape(*lead, 3, size, size)
 

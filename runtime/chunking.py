@@ -47,6 +47,8 @@ class Trajectory(Protocol):
 
     def sample(self, t: float, extrapolate: bool = False) -> np.ndarray: ...
 
+    def sample_many(self, ts: np.ndarray, extrapolate: bool = False) -> np.ndarray: ...
+
 
 @dataclass(frozen=True)
 class HoldTrajectory:
@@ -57,6 +59,9 @@ class HoldTrajectory:
 
     def sample(self, t: float, extrapolate: bool = False) -> np.ndarray:
         return self.q
+
+    def sample_many(self, ts: np.ndarray, extrapolate: bool = False) -> np.ndarray:
+        return np.broadcast_to(self.q, (len(ts), len(self.q)))
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,17 @@ class ChunkTrajectory:
             return self.actions[last]
         k = int(u)
         f = u - k
+        return self.actions[k] * (1.0 - f) + self.actions[k + 1] * f
+
+    def sample_many(self, ts: np.ndarray, extrapolate: bool = False) -> np.ndarray:
+        """``sample`` at every time of ``ts`` (K,) -> (K, A)."""
+        last = len(self.actions) - 1
+        u = (np.asarray(ts, dtype=np.float64) - self.t0) / self.dt
+        k = np.clip(np.floor(u), 0, max(last - 1, 0)).astype(np.int64)
+        if last == 0:
+            return np.broadcast_to(self.actions[0], (len(u), self.actions.shape[1])).copy()
+        f = np.clip(u - k, 0.0, None if extrapolate else 1.0)
+        f = np.where(u <= 0, 0.0, f)[:, None]
         return self.actions[k] * (1.0 - f) + self.actions[k + 1] * f
 
 
@@ -118,6 +134,11 @@ class BlendTrajectory:
         if w == 0.0:
             return self.new.sample(t, extrapolate)
         return w * self.old.sample(t, self.extrapolate_old) + (1.0 - w) * self.new.sample(t, extrapolate)
+
+    def sample_many(self, ts: np.ndarray, extrapolate: bool = False) -> np.ndarray:
+        u = np.clip((np.asarray(ts, dtype=np.float64) - self.t_start) / self.duration, 0.0, 1.0)
+        w = (0.5 * (1.0 + np.cos(np.pi * u)))[:, None]
+        return w * self.old.sample_many(ts, self.extrapolate_old) + (1.0 - w) * self.new.sample_many(ts, extrapolate)
 
 
 class LatencyTracker:
@@ -212,6 +233,12 @@ class ChunkScheduler:
         if isinstance(cur, BlendTrajectory) and cur.weight_old(now) == 0.0:
             self.current = cur = cur.new  # blend finished: drop the old chunk
         return np.array(cur.sample(now), dtype=np.float64)
+
+    def sample_many(self, ts: np.ndarray) -> np.ndarray:
+        """The targets at the times ``ts`` (K,) from ``ts[0]`` on -> (K, A): what ``sample`` would give at each."""
+        self.sample(float(ts[0]))  # drops a finished blend
+        assert self.current is not None
+        return np.array(self.current.sample_many(ts), dtype=np.float64)
 
     # -- requests -------------------------------------------------------------------------------
     def should_request(self, now: float) -> bool:

@@ -8,13 +8,16 @@ ignored default. Numbers that depend on the robot (joint limits, joint names, gr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dit4dit.drivers import g1_spec
+
+if TYPE_CHECKING:
+    from dit4dit.drivers.g1_robot import G1RobotConfig
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -53,12 +56,18 @@ class RobotSection(_Section):
     mode: Literal["lowcmd", "arm_sdk"] = "lowcmd"
     hands: bool = False
     connect_timeout_s: PositiveFloat = 5.0
-    # > 0: the driver's 500 Hz command publisher runs under SCHED_FIFO at this priority (needs root or
-    # CAP_SYS_NICE); 0 = normal scheduling
-    rt_priority: Annotated[int, Field(ge=0, le=99)] = 0
+    # > 0: the real-time process (500 Hz loop, safety layer, publish) runs under SCHED_FIFO at this priority
+    # where the OS permits it (root, CAP_SYS_NICE or an rtprio limit; else a warning and normal scheduling)
+    rt_priority: Annotated[int, Field(ge=0, le=99)] = 80
+    # Simulators only: accept rt/lowstate with crc == 0 (unitree_mujoco's Python bridge sends no CRC). Never on
+    # the robot, whose every frame carries a CRC.
+    accept_zero_crc: bool = False
     # Joints the policy drives, by URDF or SDK name; the others hold the start pose.
     controlled_joints: list[str] = Field(default_factory=lambda: [g1_spec.JOINT_NAMES[i] for i in g1_spec.ARM_JOINTS])
     gains: dict[str, Gains] = Field(default_factory=_default_gains)
+    # Per-joint overrides of the group gains, by URDF or SDK name, e.g. {left_ankle_pitch_joint: {kp: 40, kd: 2}}
+    # (Unitree's references use kp 40 on the ankles, where the legs' group has 100).
+    joint_gains: dict[str, Gains] = Field(default_factory=dict)
     # Start pose overrides by joint name (rad); the rest is g1_spec.HOME_POSE.
     start_pose: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
 
@@ -85,9 +94,9 @@ class RobotSection(_Section):
             raise ValueError(f"unknown joint group(s) {sorted(unknown)}; allowed: {sorted(g1_spec.GROUPS)}")
         return {**_default_gains(), **gains}
 
-    @field_validator("start_pose")
+    @field_validator("start_pose", "joint_gains")
     @classmethod
-    def _start_pose_names(cls, pose: dict[str, float]) -> dict[str, float]:
+    def _start_pose_names(cls, pose: dict[str, Any]) -> dict[str, Any]:
         for n in pose:
             try:
                 g1_spec.joint_index(n)
@@ -116,7 +125,22 @@ class RobotSection(_Section):
         return q
 
     def gains_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return g1_spec.gains_array({g: (v.kp, v.kd) for g, v in self.gains.items()})
+        kp, kd = g1_spec.gains_array({g: (v.kp, v.kd) for g, v in self.gains.items()})
+        for name, g in self.joint_gains.items():
+            i = g1_spec.joint_index(name)
+            kp[i], kd[i] = g.kp, g.kd
+        return kp, kd
+
+    def driver_config(self, cfg: DeployConfig) -> G1RobotConfig:
+        """The G1Robot settings this section and the rest of ``cfg`` imply."""
+        from dit4dit.drivers.g1_robot import G1RobotConfig
+
+        return G1RobotConfig(
+            interface=self.interface, domain=self.domain, mode=self.mode, hands=self.hands,
+            rate_hz=cfg.rates.control_hz, arm_sdk_weight_rate=cfg.safety.arm_sdk_weight_rate,
+            damping_kd=cfg.safety.damping_kd, stale_after_s=cfg.safety.state_timeout_s,
+            accept_zero_crc=self.accept_zero_crc, rt_priority=self.rt_priority, remote_lost_s=cfg.safety.remote_lost_s,
+        )  # fmt: skip
 
 
 class CameraSection(_Section):
@@ -126,13 +150,17 @@ class CameraSection(_Section):
     serial: str | None = None  # realsense
     device: str | int | None = None  # opencv: /dev/videoN or index
     endpoint: str | None = None  # zmq / sim: tcp://host:port of the image stream
-    width: Annotated[int, Field(gt=0, le=4096)] = 640
-    height: Annotated[int, Field(gt=0, le=4096)] = 480
+    # The image size to capture (RealSense / OpenCV: the mode to open, e.g. 640x480) or to expect from a stream
+    # (zmq / sim); null = the device's default / whatever the stream carries. Set both or neither.
+    width: Annotated[int, Field(gt=0, le=4096)] | None = None
+    height: Annotated[int, Field(gt=0, le=4096)] | None = None
     fps: Annotated[float, Field(gt=0, le=240, allow_inf_nan=False)] = 30.0
     max_age_s: PositiveFloat = 0.2  # an image older than this is never sent to the policy
 
     @model_validator(mode="after")
     def _source_given(self) -> CameraSection:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("set both width and height, or neither (the device's default / the stream's size)")
         need = {"realsense": "serial", "opencv": "device", "zmq": "endpoint", "sim": "endpoint"}[self.kind]
         if getattr(self, need) is None and self.kind != "realsense":
             raise ValueError(f"a {self.kind} camera needs `{need}`")
@@ -155,11 +183,16 @@ class ServerSection(_Section):
 
 
 class RatesSection(_Section):
-    policy_hz: Annotated[float, Field(gt=0, le=500, allow_inf_nan=False)] = 30.0
+    # The policy's step rate; null = the rate it was trained at (the server's metadata control_rate_hz). A value
+    # that differs from the policy's is refused at start.
+    policy_hz: Annotated[float, Field(gt=0, le=500, allow_inf_nan=False)] | None = None
     # Steps of a chunk executed before the next chunk is requested (the async request threshold):
     # the request goes out while the remaining steps still execute.
     execution_horizon: Annotated[int, Field(gt=0, le=1000)] = 8
     control_hz: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0 / g1_spec.CONTROL_DT
+    # The controller's state machine and chunk scheduling; each tick hands the real-time process the next
+    # 0.3 s of targets (runtime/realtime/plan.py), which it interpolates at control_hz.
+    controller_hz: Annotated[float, Field(gt=0, le=500, allow_inf_nan=False)] = 100.0
 
 
 class ChunkingSection(_Section):
@@ -182,10 +215,15 @@ class SafetySection(_Section):
     ramp_in_s: PositiveFloat = 3.0
     ramp_out_s: PositiveFloat = 2.0  # normal end: slide back to the start pose before damping
     handover_velocity: Annotated[float, Field(gt=0, le=37, allow_inf_nan=False)] = 1.0  # rad/s during takeover
-    server_hold_s: PositiveFloat = 0.5  # no good chunk for this long -> hold the last safe target
+    # No good chunk for this long -> hold the last safe target. Must exceed the time between chunk requests
+    # (rates.execution_horizon / policy rate: 0.8 s for the shipped 10 Hz policy with 8 steps).
+    server_hold_s: PositiveFloat = 1.0
     server_damp_s: PositiveFloat = 2.0  # ... and this much longer -> damp
     camera_damp_s: PositiveFloat = 3.0  # camera fault held this long -> damp
     state_timeout_s: Annotated[float, Field(gt=0, le=1.0, allow_inf_nan=False)] = 0.1
+    # The real-time process damps when the controller sends no plan for this long (a hung or starved
+    # controller); it holds the last planned target meanwhile. Must exceed the plan's 0.3 s look-ahead.
+    controller_timeout_s: Annotated[float, Field(gt=0.3, le=5.0, allow_inf_nan=False)] = 0.5
     damping_kd: Annotated[float, Field(gt=0, le=20, allow_inf_nan=False)] = g1_spec.DAMPING_KD
     damp_hold_s: NonNegFloat = 1.0  # keep publishing damping this long before exiting
     arm_sdk_weight_rate: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 0.5  # weight per second
@@ -195,6 +233,12 @@ class SafetySection(_Section):
     max_winding_temp_c: Annotated[float, Field(gt=0, le=g1_spec.MAX_WINDING_TEMP_C)] = 110.0
     max_casing_temp_c: Annotated[float, Field(gt=0, le=g1_spec.MAX_CASING_TEMP_C)] = 80.0
     estop_buttons: list[str] = Field(default_factory=lambda: ["L2", "B"])  # all held -> damp
+    # The wireless remote is the operator's e-stop. Lost (all-zero bytes for remote_lost_s, Unitree's rule): hold
+    # the last safe target; still lost remote_damp_s later: damp. null = on for the real robot (robot.interface
+    # other than lo), off for the simulator.
+    remote_required: bool | None = None
+    remote_lost_s: PositiveFloat = 3.0
+    remote_damp_s: PositiveFloat = 2.0
 
     @field_validator("joint_limits")
     @classmethod
@@ -300,17 +344,37 @@ class DeployConfig(_Section):
                     f"robot.gains.{group}: kp {g.kp} / kd {g.kd} exceed safety.max_kp {self.safety.max_kp} / "
                     f"safety.max_kd {self.safety.max_kd}"
                 )
-        if self.rates.policy_hz > self.rates.control_hz:
+        if self.rates.controller_hz > self.rates.control_hz:
             raise ValueError(
-                f"rates.policy_hz ({self.rates.policy_hz}) must be <= rates.control_hz ({self.rates.control_hz})"
+                f"rates.controller_hz ({self.rates.controller_hz}) must be <= rates.control_hz ({self.rates.control_hz})"
             )
-        period = self.rates.execution_horizon / self.rates.policy_hz
+        for group, g in self.robot.joint_gains.items():
+            if g.kp > self.safety.max_kp or g.kd > self.safety.max_kd:
+                raise ValueError(
+                    f"robot.joint_gains.{group}: kp {g.kp} / kd {g.kd} exceed safety.max_kp {self.safety.max_kp} / "
+                    f"safety.max_kd {self.safety.max_kd}"
+                )
+        if self.rates.policy_hz is not None:
+            self.check_policy_rate(self.rates.policy_hz)
+        return self
+
+    @property
+    def remote_required(self) -> bool:
+        """Whether a lost wireless remote holds, then damps (safety.remote_required; null = not on the simulator)."""
+        req = self.safety.remote_required
+        return self.robot.interface != "lo" if req is None else req
+
+    def check_policy_rate(self, policy_hz: float) -> None:
+        """ValueError naming the keys if the policy's step rate does not fit the other rates and holds."""
+        if policy_hz > self.rates.control_hz:
+            raise ValueError(f"the policy rate ({policy_hz} Hz) must be <= rates.control_hz ({self.rates.control_hz})")
+        period = self.rates.execution_horizon / policy_hz
         if self.safety.server_hold_s <= period:
             raise ValueError(
                 f"safety.server_hold_s ({self.safety.server_hold_s}) must exceed the time between chunk requests, "
-                f"rates.execution_horizon / rates.policy_hz = {period:.3f} s, or every chunk would trip the hold"
+                f"rates.execution_horizon / policy rate ({policy_hz} Hz) = {period:.3f} s, or every chunk would trip "
+                "the hold"
             )
-        return self
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

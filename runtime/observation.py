@@ -3,6 +3,10 @@
 Images come from ``Camera.read_latest(max_age_s)``, which raises ``CameraFault`` for a frame older
 than the camera's max age, so a stale image can never reach the policy; the age is checked again
 against the same limit when the observation is handed to the inference thread (``check_fresh``).
+
+Frames are shrunk here, on the robot, to the size the server's metadata asks for (``cameras.<name>``),
+with the resize training uses (drivers/cameras/resize.py): a RealSense's 640x480 RGB is 0.9 MB, about
+7 ms of pure transfer on 1 GbE per request, for a model that takes 64x64. Recordings keep full frames.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.cameras import CameraFault
+from dit4dit.drivers.cameras.resize import area_resize
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,13 @@ class ObservationBuilder:
         max_age: Mapping[str, float],
         state_indices: np.ndarray,
         instruction: str,
+        sizes: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         self.cameras = dict(cameras)
         self.max_age = dict(max_age)
         self.state_indices = state_indices
         self.instruction = instruction
+        self.sizes = dict(sizes or {})  # camera -> (height, width) the policy takes; absent: sent as captured
 
     def read_images(self) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, int]]:
         images, stamps, ids = {}, {}, {}
@@ -85,6 +92,7 @@ class ObservationBuilder:
 
     def build(self, robot_state: Any) -> Observation:
         images, stamps, ids = self.read_images()
+        images = {n: area_resize(im, self.sizes[n]) if n in self.sizes else im for n, im in images.items()}
         return Observation(
             images=images,
             image_stamps=stamps,

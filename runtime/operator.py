@@ -122,14 +122,16 @@ class OperatorInputs:
         self._prev_keys = 0
 
     @classmethod
-    def from_config(cls, cfg: Any, remote_source: Any) -> OperatorInputs:
-        """``remote_source``: a callable returning the latest Remote (for the remote-sticks device)."""
+    def from_config(cls, cfg: Any, remote_source: Any, measured_source: Any = None) -> OperatorInputs:
+        """``remote_source``: a callable returning the latest Remote (for the remote-sticks device);
+        ``measured_source``: the measured joints, so stick and key targets cannot wind up past a blocked arm."""
         from dit4dit.drivers.teleop import make_teleop
 
         t = cfg.teleop
         device = make_teleop(
             t.device, controlled=cfg.robot.controlled_joints, endpoint=t.endpoint,
             stick_velocity=t.stick_velocity, timeout_s=t.timeout_s, remote_source=remote_source,
+            measured_source=measured_source,
         )  # fmt: skip
         return cls(cfg.safety.estop_buttons, t.takeover_buttons, t.release_buttons, KeyboardListener(), device)
 

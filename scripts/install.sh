@@ -18,6 +18,12 @@ if ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then
     $SUDO apt-get install -y -qq --no-install-recommends libusb-1.0-0 >/dev/null
 fi
 
+# tmux: the keyboard-teleop test drives dit4dit-robot in a real terminal (tests/test_keyboard_terminal.py).
+if ! command -v tmux >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends tmux >/dev/null
+fi
+
 # Pinned torch: a looser pin pulls a multi-GB CUDA build.
 $PYTHON -m pip install -q torch==2.13.0
 # The Unitree SDK: `unitree-sdk2` on PyPI is broken (no g1 module); unitree-sdk2py-dimos works with

@@ -29,7 +29,7 @@ def _port() -> int:
 @contextlib.contextmanager
 def running_sim(tmp: Path, domain: int, camera_port: int, props: str, fps: float = 30.0) -> Iterator[dict]:
     """dit4dit-sim without the table, with the given props and a 640x480 head camera; killed on exit."""
-    from dit4dit.drivers.sim.bridge import control_request
+    from dit4dit.drivers.sim.bridge import wait_for_sim
 
     control_port = _port()
     log_path = tmp / "sim.log"
@@ -40,14 +40,10 @@ def running_sim(tmp: Path, domain: int, camera_port: int, props: str, fps: float
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     control = f"tcp://127.0.0.1:{control_port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                control_request(control, "ping", timeout_s=1.0)
-                break
-            except (TimeoutError, RuntimeError):
-                if p.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"dit4dit-sim did not come up:\n{log_path.read_text()[-3000:]}") from None
+        try:
+            wait_for_sim(control, alive=lambda: p.poll() is None)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}:\n{log_path.read_text()[-3000:]}") from None
         yield {"domain": domain, "endpoint": f"tcp://127.0.0.1:{camera_port}", "control": control, "log": log_path}
     finally:
         p.terminate()

@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 class SimProcess:
-    """dit4dit-sim on its own DDS domain and ports; stopped with SIGINT (then killed) by ``stop``."""
+    """dit4dit-sim on its own DDS domain and ports; stopped with SIGINT (or SIGTERM; then killed) by ``stop``."""
 
     def __init__(self, domain: int, control_port: int, log: Path, *extra: str, mode_machine: int = 6) -> None:
         self.camera_port = free_port()
@@ -50,9 +50,10 @@ class SimProcess:
                 time.sleep(0.2)
         raise RuntimeError(f"dit4dit-sim not ready in {timeout_s} s: {self.log.read_text()[-3000:]}")
 
-    def stop(self) -> int | None:
+    def stop(self, sig: int = signal.SIGINT) -> int | None:
+        """Stop it with ``sig`` (killed after 15 s); its exit status."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:

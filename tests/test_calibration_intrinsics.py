@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from dit4dit.calibration.calibration_file import Intrinsics
@@ -75,6 +76,22 @@ def test_board_detection_and_ids_do_not_collide() -> None:
         CharucoTarget("bad", 5, 4, 0.02, 0.03)
     with pytest.raises(ValueError, match="do not fit"):
         CharucoTarget("bad", 7, 5, 0.04, 0.03, "DICT_4X4_50", first_marker_id=40)
+
+
+def test_charuco_corners_are_found_where_they_are_drawn() -> None:
+    """No half-pixel bias: opencv-python 4.13 and older put every ChArUco corner ~0.5 px right of and below
+    where it is (opencv/opencv#25539, 0.68 px here), hence pyproject's opencv-python-headless>=4.14."""
+    px, margin = 60, 40
+    board = INTRINSICS_BOARD.image(px)
+    image = np.full((board.shape[0] + 2 * margin, board.shape[1] + 2 * margin), 255, np.uint8)
+    image[margin:-margin, margin:-margin] = board
+    det = CharucoDetectorFor(INTRINSICS_BOARD).detect(cv2.GaussianBlur(image, (0, 0), 0.8))
+    assert len(det) == INTRINSICS_BOARD.n_corners
+    # pixel centres are at integers, so the edge between pixels k-1 and k is at k - 0.5
+    drawn = det.object_points[:, :2] / INTRINSICS_BOARD.square_m * px + margin - 0.5
+    offset = det.image_points - drawn
+    assert np.linalg.norm(offset.mean(0)) < 0.1, f"corners off by {offset.mean(0)} px on average"
+    assert np.linalg.norm(offset, axis=1).max() < 0.4
 
 
 def _rs_intrinsics(model: str, coeffs: list[float]):

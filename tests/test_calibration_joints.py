@@ -33,7 +33,7 @@ def fk():
 def _session(sim):
     from dit4dit.calibration.session import SimSession
     from dit4dit.runtime.config import SafetySection
-    from dit4dit.runtime.safety import SafetyLimits
+    from dit4dit.runtime.realtime.safety import SafetyLimits
 
     kp, kd = g1_spec.gains_array()
     s = SimSession(sim, SafetyLimits.from_config(SafetySection(), dt=0.01), kp, kd)

@@ -58,7 +58,7 @@ def test_injected_camera_latency_is_recovered_within_one_frame(live_sim) -> None
     from dit4dit.drivers.g1_robot import G1Robot, G1RobotConfig
     from dit4dit.drivers.sim.bridge import control_request
     from dit4dit.runtime.config import SafetySection
-    from dit4dit.runtime.safety import SafetyLimits
+    from dit4dit.runtime.realtime.safety import SafetyLimits
 
     # A timing measurement needs a host that keeps real time; on an overloaded machine the simulator itself
     # runs slow and no latency figure means anything (run_timing refuses too, via the state rate).

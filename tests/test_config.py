@@ -68,6 +68,13 @@ def test_defaults_are_valid() -> None:
         ({"robot": {"gains": {"waist": {"kp": 400, "kd": 5}}}}, ["robot.gains.waist", "safety.max_kp"]),
         ({"safety": {"soft_limit_fraction": 0.3}}, ["default start pose", "left_hip_roll_joint", "soft limits"]),
         ({"robot": {"rt_priority": 120}}, ["robot.rt_priority", "99"]),
+        ({"robot": {"joint_gains": {"left_ankle": {"kp": 40, "kd": 2}}}}, ["robot.joint_gains", "left_ankle"]),
+        ({"robot": {"joint_gains": {"LeftAnklePitch": {"kp": 400, "kd": 2}}}},
+         ["robot.joint_gains.LeftAnklePitch", "safety.max_kp"]),
+        ({"robot": {"accept_zero_crc": "yes please"}}, ["robot.accept_zero_crc", "bool"]),
+        ({"rates": {"controller_hz": 900}}, ["rates.controller_hz", "500"]),
+        ({"safety": {"controller_timeout_s": 0.2}}, ["safety.controller_timeout_s", "0.3"]),
+        ({"cameras": {"head": {"kind": "sim", "endpoint": "tcp://x:1", "width": 640}}}, ["cameras.head", "both"]),
         ([1, 2], ["mapping"]),
     ],
 )
@@ -75,6 +82,25 @@ def test_bad_values_name_the_key(data: object, needles: list[str]) -> None:
     msg = error_of(data)
     for n in needles:
         assert n in msg, f"{n!r} not in {msg!r}"
+
+
+def test_per_joint_gains_override_their_group() -> None:
+    cfg = parse_config({"robot": {"joint_gains": {"left_ankle_pitch_joint": {"kp": 40, "kd": 2},
+                                                  "RightAnkleRoll": {"kp": 45, "kd": 2.5}}}})  # fmt: skip
+    kp, kd = cfg.robot.gains_arrays()
+    la, rr = g1_spec.joint_index("left_ankle_pitch_joint"), g1_spec.joint_index("right_ankle_roll_joint")
+    assert (kp[la], kd[la], kp[rr], kd[rr]) == (40, 2, 45, 2.5)
+    others = np.ones(g1_spec.NUM_JOINTS, bool)
+    others[[la, rr]] = False
+    np.testing.assert_array_equal(kp[others], g1_spec.gains_array()[0][others])  # the rest keep their group's
+
+
+def test_the_policy_rate_is_taken_from_the_policy_unless_set() -> None:
+    cfg = load_config(REPO / "deploy.yaml")
+    assert cfg.rates.policy_hz is None  # dit4dit-robot takes the checkpoint's control_rate_hz at start
+    cfg.check_policy_rate(10.0)  # the shipped checkpoint's rate fits the shipped holds
+    with pytest.raises(ValueError, match="server_hold_s"):
+        cfg.check_policy_rate(2.0)  # 8 steps at 2 Hz = 4 s between requests: every chunk would trip the hold
 
 
 def test_load_config_file_errors(tmp_path: Path) -> None:

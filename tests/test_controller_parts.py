@@ -17,7 +17,7 @@ from dit4dit.drivers.remote import Remote
 from dit4dit.runtime.config import parse_config
 from dit4dit.runtime.observation import Observation, joint_indices
 from dit4dit.runtime.operator import KeyboardListener, OperatorInputs
-from dit4dit.runtime.watchdogs import RobotWatchdog, robot_fault, tilt_from_quat
+from dit4dit.runtime.realtime.watchdogs import RobotWatchdog, robot_fault, tilt_from_quat
 
 SAFETY = parse_config({}).safety
 N = g1_spec.NUM_JOINTS

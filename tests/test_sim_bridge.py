@@ -408,7 +408,7 @@ def test_keyboard_toggles_remote_keys(dds_domain, free_port, tmp_path):
     import pty
 
     from dit4dit.drivers.remote import Remote
-    from dit4dit.drivers.sim.bridge import control_request
+    from dit4dit.drivers.sim.bridge import control_request, wait_for_sim
 
     master, slave = pty.openpty()
     log = open(tmp_path / "kbd.log", "w")  # noqa: SIM115 - closed below
@@ -419,13 +419,10 @@ def test_keyboard_toggles_remote_keys(dds_domain, free_port, tmp_path):
     os.close(slave)
     addr = f"tcp://127.0.0.1:{free_port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                control_request(addr, "ping", timeout_s=1.0)
-                break
-            except TimeoutError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "kbd.log").read_text()
+        try:
+            wait_for_sim(addr, alive=lambda: proc.poll() is None)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}: {(tmp_path / 'kbd.log').read_text()}") from None
 
         def press_and_read(keys: bytes, expect: set[str]) -> set[str]:
             """Type keys, then poll rt/lowstate's remote (via the control socket) until it shows `expect`."""

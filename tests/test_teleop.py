@@ -57,6 +57,28 @@ def test_remote_sticks_joint_velocity_is_integrated_and_clamped():
     assert q[R[0]] == pytest.approx(g1_spec.LOWER[R[0]])  # clamped at the hard limit
 
 
+def test_sticks_and_keys_do_not_wind_up_past_a_blocked_arm():
+    """The hand pressing on the table holds the shoulder back: the target leads the measured joint by at most
+    max_lead however long the person pushes, and follows at once when the arm moves again."""
+    measured = HOME.copy()
+    sticks = Sticks()
+    dev = RemoteSticksTeleop(sticks, controlled=g1_spec.ARM_JOINTS, joint_speed=0.5, measured_source=lambda: measured)
+    dev.start(HOME)
+    sticks.remote = Remote(ly=1.0)
+    for k in range(1, 201):  # 10 s of full stick
+        q = dev.target(0.05 * k)
+    assert q[R[0]] == pytest.approx(HOME[R[0]] - dev.max_lead, abs=1e-9)  # not the hard limit 2.5 rad further
+    measured = q.copy()  # the arm got there: the target may lead again from here
+    for k in range(201, 211):
+        q = dev.target(0.05 * k)
+    assert q[R[0]] == pytest.approx(measured[R[0]] - min(dev.max_lead, 0.25), abs=1e-9)
+    keys = KeyboardTeleop(controlled=g1_spec.ARM_JOINTS, measured_source=lambda: HOME)
+    keys.start(HOME)
+    for k in "m" + "w" * 20:  # joint mode, +20 x 0.05 rad asked
+        keys.feed(k)
+    assert keys.target()[R[0]] == pytest.approx(HOME[R[0]] + keys.max_lead)
+
+
 def test_remote_dpad_selects_arm_and_stick_left_moves_hand_left(kin):
     sticks = Sticks()
     dev = RemoteSticksTeleop(sticks, joint_speed=0.5, kinematics=kin)

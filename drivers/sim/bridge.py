@@ -2,75 +2,77 @@
 
 - subscribes ``rt/lowcmd`` (CRC and ``mode_machine`` checked, as the robot does: a mismatching
   command is ignored) and ``rt/arm_sdk`` (weight in ``motor_cmd[29].q``; no CRC required, as
-  Unitree's own C++ arm_sdk example sends none); the latest command drives the PD law that
-  :class:`G1Sim` recomputes at every 2 ms physics step;
+  Unitree's own C++ arm_sdk example sends none), and with hands ``rt/dex3/{left,right}/cmd``;
 - publishes ``rt/lowstate`` after every physics step (500 Hz, real-time paced): q, dq, ddq,
-  tau_est, pelvis IMU (quaternion w,x,y,z, rpy, gyro, acc), ``tick`` = sim time in ms
-  (increasing), ``mode_machine`` from the config, the 40 wireless-remote bytes, a valid CRC;
-- renders cameras at their own rate in a separate thread (from a copy of the state taken under
-  the lock, so physics never waits for the renderer) and publishes them on the ZeroMQ image
-  stream (drivers/cameras/zmq_stream.py, ``source="dit4dit-sim"``);
+  tau_est, pelvis IMU (quaternion w,x,y,z, rpy, gyro, acc), ``tick`` = ms of the robot's clock
+  (simulated time, plus any wall time skipped when physics fell more than ``LATE_RESYNC_S`` behind:
+  strictly increasing, never left behind the wall clock for good), ``mode_machine`` from the config,
+  the 40 wireless-remote bytes, a valid CRC;
+- streams the cameras on the ZeroMQ image stream (drivers/cameras/zmq_stream.py, ``source="dit4dit-sim"``);
 - answers a ZeroMQ REP "sim control" socket (msgpack maps, see :meth:`SimBridge.handle`).
+
+Real time is the product, so the design keeps one thing in the physics thread (the caller of ``run``)
+and nothing in its way:
+
+- Newest command (command_intake.py): no per-message listener. Before each 2 ms step the physics
+  thread takes every sample waiting on each command topic (polled readers, depth 64) and applies only
+  the newest valid one, as a G1's motor boards apply the latest command; older samples of the batch
+  are counted ``superseded``, never applied, so a backlog is never replayed.
+- Then one step, one ``rt/lowstate`` and one state snapshot written into shared memory (a seqlock,
+  shared_snapshot.py, ~5 µs). The physics process never renders or JPEG-encodes: a render process
+  (render_process.py, started by :meth:`SimBridge.start`, normal scheduling at nice +10, exits with
+  its parent) builds its own G1Sim from the same SceneConfig and renders each camera at its fps from
+  the snapshot. Injected camera latency and published frame counts travel in the same shared block.
+- Measured (stats.py): command-to-apply latency (``time.time_ns()`` at the start of the step that first
+  uses a command minus its DDS source timestamp), how late each step starts against its schedule,
+  re-anchorings when more than ``LATE_RESYNC_S`` behind (overruns) and the real-time factor; the
+  control socket's ``stats`` reports them over a window.
+- ``rt_priority``: the physics thread runs SCHED_FIFO, set before CycloneDDS starts so its receive
+  threads inherit it (after the render process is spawned, so that does not); the control-socket and
+  hand-state threads drop back to normal scheduling (priority.py). The CLI also shortens the GIL
+  switch interval so a helper thread hands the GIL over within 0.5 ms.
+- ``close`` tears down in an order that leaves nothing running: threads joined, DDS readers and
+  writers, sockets, then the render process (stop flag, SIGTERM, SIGKILL; reaped).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import numpy as np
 import zmq
-from dit4dit.drivers import g1_spec, hg_codec
-from dit4dit.drivers.cameras.zmq_stream import ImageStreamPublisher
-from dit4dit.drivers.remote import Remote
-from dit4dit.drivers.sim import g1_model
-from dit4dit.drivers.dds_io import RawWriter
+from dit4dit.drivers import g1_spec
+from dit4dit.drivers.dds_io import RawReader, RawWriter
 from dit4dit.drivers.hg_codec import LowStateRecord
+from dit4dit.drivers.remote import Remote
+from dit4dit.drivers.sim.command_intake import CommandIntake, hand_parser, lowcmd_parser, parse_arm_sdk
+from dit4dit.drivers.sim.motion_switcher import start_motion_switcher
+from dit4dit.drivers.sim.priority import helper_thread_priority, normal_priority, physics_priority
+from dit4dit.drivers.sim.render_loop import (  # noqa: F401 - re-exported: the CLI and tests import them from here
+    CAMERA_ALIASES,
+    DEFAULT_CAMERA_PORT,
+    SIM_SOURCE,
+    CameraStreamConfig,
+)
+from dit4dit.drivers.sim.render_process import RenderJob, RenderProcess, RenderThread, picklable_scene
 from dit4dit.drivers.sim.scene import G1Sim
+from dit4dit.drivers.sim.shared_snapshot import SharedSnapshot
+from dit4dit.drivers.sim.stats import BridgeStats, StatsWindow
 
 log = logging.getLogger(__name__)
 
-SIM_SOURCE = "dit4dit-sim"  # the image stream's "source"; drivers/cameras/sim.py insists on it
-# Stream camera names -> model camera names.
-CAMERA_ALIASES = {"head": g1_model.HEAD_CAMERA, "left_wrist": g1_model.WRIST_CAMERAS["left"],
-                  "right_wrist": g1_model.WRIST_CAMERAS["right"]}
-DEFAULT_CAMERA_PORT = 55555  # teleimager's head-camera port; further cameras take the next ports
 DEFAULT_CONTROL_PORT = 55570
 MOTOR_TEMPERATURE_C = 30  # sim motors do not heat up; a plausible constant keeps temperature checks meaningful
 MOTOR_VOLTAGE_V = 48.0
-LATE_RESYNC_S = 0.1
-CAMERA_THREAD_NICE = 10  # added niceness of the render thread (Linux: per-thread)  # when physics falls this far behind real time, re-anchor the clock (count an overrun)
-
-
-@dataclass
-class CameraStreamConfig:
-    """One published camera: stream name (``head``, ``left_wrist``, ``right_wrist`` or a model camera)."""
-
-    name: str = "head"
-    width: int = 320  # 640x480 (the D435's mode) costs ~4x the CPU of 320x240 on a software renderer
-    height: int = 240
-    fps: float = 30.0
-    port: int = DEFAULT_CAMERA_PORT
-    latency_s: float = 0.0  # injected delay between render and publish (calibration tests)
-
-    def __post_init__(self) -> None:
-        if self.width <= 0 or self.height <= 0:
-            raise ValueError(f"camera {self.name!r}: size must be positive, got {self.width}x{self.height}")
-        if not 0 < self.fps <= 240:
-            raise ValueError(f"camera {self.name!r}: fps must be in (0, 240], got {self.fps}")
-        if self.latency_s < 0:
-            raise ValueError(f"camera {self.name!r}: latency must be >= 0, got {self.latency_s}")
-
-    @property
-    def model_camera(self) -> str:
-        return CAMERA_ALIASES.get(self.name, self.name)
+LATE_RESYNC_S = 0.1  # when physics falls this far behind real time, re-anchor the clock (count an overrun)
+COMMAND_DEPTH = 64  # command samples a reader holds between two steps; older ones are dropped by DDS
 
 
 @dataclass
@@ -86,64 +88,22 @@ class BridgeConfig:
     jpeg_quality: int = 90
     hands: bool = False  # serve rt/dex3/{left,right}/cmd|state (the sim must have Dex3 hands)
     hand_state_rate_hz: float = 100.0  # Unitree's hand tools run at 100 Hz
+    rt_priority: int = 0  # > 0: the physics thread (and DDS's receive threads) SCHED_FIFO at this priority
+    render_in_process: bool = False  # debugging baseline: render in a thread here (holds the GIL against physics)
 
     def __post_init__(self) -> None:
         if not 0 <= self.domain <= 232:
             raise ValueError(f"DDS domain must be 0..232, got {self.domain}")
         if not 0 <= self.mode_machine <= 255:
             raise ValueError(f"mode_machine must fit a byte, got {self.mode_machine}")
+        if not 0 <= self.rt_priority <= 99:
+            raise ValueError(f"rt_priority must be 0..99 (0 = normal scheduling), got {self.rt_priority}")
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must be unique, got {names}")
         ports = [c.port for c in self.cameras] + ([self.control_port] if self.control_port else [])
         if len(set(ports)) != len(ports):
             raise ValueError(f"camera and control ports must differ, got {ports}")
-
-
-@dataclass
-class BridgeStats:
-    steps: int = 0
-    lowstate_published: int = 0
-    lowcmd_received: int = 0
-    lowcmd_bad_crc: int = 0
-    lowcmd_bad_mode_machine: int = 0
-    lowcmd_mode_pr_ab: int = 0  # accepted, but applied as PR (the model has serial pitch/roll joints)
-    arm_sdk_received: int = 0
-    hand_cmd_received: int = 0
-    hand_state_published: int = 0
-    overruns: int = 0  # times physics fell more than LATE_RESYNC_S behind the wall clock
-    frames: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _motor_arrays(msg: Any) -> tuple[np.ndarray, ...]:
-    """(q, dq, kp, kd, tau, enabled) over the 29 joints of an hg LowCmd_."""
-    mc = msg.motor_cmd[: g1_spec.NUM_JOINTS]
-    a = np.array([(m.q, m.dq, m.kp, m.kd, m.tau) for m in mc], dtype=np.float64)
-    enabled = np.array([m.mode != 0 for m in mc], dtype=bool)
-    return a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], enabled
-
-
-class _CameraWorker:
-    """Renders one camera on schedule and publishes it (after the injected latency, if any)."""
-
-    def __init__(self, cfg: CameraStreamConfig, host: str, jpeg_quality: int) -> None:
-        self.cfg = cfg
-        self.latency_s = cfg.latency_s
-        self.publisher = ImageStreamPublisher(f"tcp://{host}:{cfg.port}", camera=cfg.name, jpeg_quality=jpeg_quality,
-                                              source=SIM_SOURCE)
-        self.next_due = time.monotonic()
-        self.frame_id = 0
-        self.pending: collections.deque[tuple[float, np.ndarray, float]] = collections.deque()
-
-    @property
-    def address(self) -> str:
-        return self.publisher.address
-
-    def close(self) -> None:
-        self.publisher.close()
 
 
 class SimBridge:
@@ -163,22 +123,79 @@ class SimBridge:
         self._remote_raw = self.remote.pack()
         self._remote_bytes = list(self._remote_raw)
         self._stop = threading.Event()
+        self._physics_idle = threading.Event()  # set while no run() is inside a step
+        self._physics_idle.set()
         self._threads: list[threading.Thread] = []
-        self._cameras: list[_CameraWorker] = []
         self._ctx = zmq.Context()
+        self._control: zmq.Socket | None = None
         self._lowstate_pub: RawWriter | None = None
         self._lowstate = LowStateRecord(self.config.mode_machine)
+        self._lowcmd: CommandIntake | None = None
+        self._arm_sdk: CommandIntake | None = None
+        self._hand_cmds: dict[str, CommandIntake] = {}
+        self._hand_pubs: dict[str, RawWriter] = {}
+        self._command_stamps: dict[str, int] = {}  # DDS source stamp of the command in force, per source
+        self._snapshot: SharedSnapshot | None = None
+        self._motion_switcher: Any = None  # the SDK RPC server answering MotionSwitcher (motion_switcher.py)
+        self._renderer: RenderProcess | RenderThread | None = None
         self._started = False
         self._tick_ms = 0
-        self._tick_step_ms = max(1, round(sim.model.opt.timestep * 1000))
+        self._step_s = float(sim.model.opt.timestep)
+        self._tick_step_ms = max(1, round(self._step_s * 1000))
+        self._window = self._since_start = StatsWindow(self.stats, {}, self._step_s)
+        self._final_summary: dict[str, Any] | None = None  # frozen by close(): teardown is not run time
         self._viewer = None
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Open DDS, the camera streams and the control socket, and start the worker threads."""
-        from unitree_sdk2py.core.channel import ChannelFactoryInitialize, ChannelSubscriber
-        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowCmd_
+        """The render process and the control socket, then real-time priority (if configured) and DDS, then
+        the helper threads. Call it from the thread that will call run(): the priority is that thread's."""
+        cfg = self.config
+        try:
+            # Whatever starts a process or a thread comes before real-time priority, which they would inherit:
+            # the render process, the control socket (ZeroMQ's I/O threads).
+            if cfg.cameras:
+                self._start_renderer()
+            if cfg.control_port:
+                self._control = self._ctx.socket(zmq.REP)
+                self._control.setsockopt(zmq.LINGER, 0)
+                try:
+                    self._control.bind(f"tcp://{cfg.host}:{cfg.control_port}")
+                except zmq.ZMQError as e:
+                    raise RuntimeError(f"sim control socket: cannot bind tcp://{cfg.host}:{cfg.control_port}: {e} "
+                                       "(another dit4dit-sim running? pick --control-port)") from e
+            if cfg.rt_priority and cfg.real_time:
+                physics_priority(cfg.rt_priority)  # before DDS starts its receive threads: they inherit it
+            elif cfg.rt_priority:
+                log.info("--no-realtime: the physics loop never sleeps, so it runs at normal priority")
+            self._open_dds()
+        except BaseException:
+            self.close()
+            raise
+        self._started = True
+        self._window = StatsWindow(self.stats, self._frames(), self._step_s)
+        self._since_start = StatsWindow(self.stats, self._frames(), self._step_s)
+        if self._control is not None:
+            self._spawn(self._control_loop, "sim-control")
+        if self._hand_pubs:
+            self._spawn(self._hand_state_loop, "sim-hands")
+
+    def _start_renderer(self) -> None:
+        cfg, sim = self.config, self.sim
+        self._snapshot = SharedSnapshot.create(sim.model, sim.data, len(cfg.cameras))
+        for k, cam in enumerate(cfg.cameras):
+            self._snapshot.latency[k] = cam.latency_s
+        with sim.lock:
+            self._snapshot.write(self._tick_ms / 1000.0)
+        job = RenderJob(scene=picklable_scene(sim.scene_config), cameras=list(cfg.cameras), host=cfg.host,
+                        jpeg_quality=cfg.jpeg_quality, snapshot=self._snapshot.name, parent_pid=os.getpid())
+        self._renderer = (RenderThread if cfg.render_in_process else RenderProcess)(job, self._snapshot)
+        self._renderer.start()
+
+    def _open_dds(self) -> None:
+        from unitree_sdk2py.core.channel import ChannelFactoryInitialize
+        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandCmd_, HandState_, LowCmd_, LowState_
 
         cfg = self.config
         # The SDK's factory is a per-process singleton: the first domain/interface wins, so run one
@@ -189,48 +206,22 @@ class SimBridge:
             raise RuntimeError(f"CycloneDDS could not start on domain {cfg.domain}, interface {cfg.interface!r}: "
                                f"{e} (does the interface exist? `ip link`; on lo enable multicast: "
                                "`sudo ip link set lo multicast on`)") from e
-        from unitree_sdk2py.idl.unitree_hg.msg.dds_ import LowState_
-
+        d = cfg.domain
         # One buffer per message (hg_codec), not cyclonedds-python's field-by-field serializer (~0.5 ms).
-        self._lowstate_pub = RawWriter(cfg.domain, g1_spec.TOPIC_LOWSTATE, LowState_)
-        self._sub_lowcmd = ChannelSubscriber(g1_spec.TOPIC_LOWCMD, LowCmd_)
-        self._sub_lowcmd.Init(self._on_lowcmd, 0)
-        self._sub_arm = ChannelSubscriber(g1_spec.TOPIC_ARM_SDK, LowCmd_)
-        self._sub_arm.Init(self._on_arm_sdk, 0)
-        self._hand_pubs: dict[str, Any] = {}
+        self._lowstate_pub = RawWriter(d, g1_spec.TOPIC_LOWSTATE, LowState_)
+        self._lowcmd = CommandIntake(RawReader(d, g1_spec.TOPIC_LOWCMD, LowCmd_, COMMAND_DEPTH),
+                                     lowcmd_parser(cfg.mode_machine, cfg.check_crc), self.stats.lowcmd, self._warn_once)
+        self._arm_sdk = CommandIntake(RawReader(d, g1_spec.TOPIC_ARM_SDK, LowCmd_, COMMAND_DEPTH), parse_arm_sdk,
+                                      self.stats.arm_sdk, self._warn_once)
         if cfg.hands:
-            from unitree_sdk2py.core.channel import ChannelPublisher
-            from unitree_sdk2py.idl.unitree_hg.msg.dds_ import HandCmd_, HandState_
-
-            self._hand_subs = {}
             for side in self.sim.hand_sides:
-                sub = ChannelSubscriber(g1_spec.TOPIC_DEX3_CMD.format(side=side), HandCmd_)
-                sub.Init(lambda msg, side=side: self._on_hand_cmd(side, msg), 0)
-                self._hand_subs[side] = sub
-                pub = ChannelPublisher(g1_spec.TOPIC_DEX3_STATE.format(side=side), HandState_)
-                pub.Init()
-                self._hand_pubs[side] = pub
-        try:
-            for c in cfg.cameras:  # one by one, so close() releases the ones bound before a failure
-                self._cameras.append(_CameraWorker(c, cfg.host, cfg.jpeg_quality))
-            if cfg.control_port:
-                self._control = self._ctx.socket(zmq.REP)
-                self._control.setsockopt(zmq.LINGER, 0)
-                try:
-                    self._control.bind(f"tcp://{cfg.host}:{cfg.control_port}")
-                except zmq.ZMQError as e:
-                    raise RuntimeError(f"sim control socket: cannot bind tcp://{cfg.host}:{cfg.control_port}: {e} "
-                                       "(another dit4dit-sim running? pick --control-port)") from e
-        except Exception:
-            self.close()
-            raise
-        self._started = True
-        if cfg.control_port:
-            self._spawn(self._control_loop, "sim-control")
-        if self._cameras:
-            self._spawn(self._camera_loop, "sim-cameras")
-        if self._hand_pubs:
-            self._spawn(self._hand_state_loop, "sim-hands")
+                reader = RawReader(d, g1_spec.TOPIC_DEX3_CMD.format(side=side), HandCmd_, COMMAND_DEPTH)
+                self._hand_cmds[side] = CommandIntake(reader, hand_parser(side), self.stats.hand_cmd, self._warn_once)
+                self._hand_pubs[side] = RawWriter(d, g1_spec.TOPIC_DEX3_STATE.format(side=side), HandState_)
+        # Unitree's low-level programs first ask the robot's MotionSwitcher; answer as a G1 in debug mode does.
+        # Its request thread starts under normal scheduling: it must never compete with the physics.
+        with normal_priority():
+            self._motion_switcher = start_motion_switcher()
 
     def _spawn(self, fn, name: str) -> None:
         t = threading.Thread(target=fn, name=name, daemon=True)
@@ -241,76 +232,75 @@ class SimBridge:
         self._stop.set()
 
     def close(self) -> None:
+        """Release everything, leaving nothing running: threads, DDS, sockets, then the render process."""
         self._stop.set()
+        self._physics_idle.wait(2.0)  # a run() in another thread finishes its step
         for t in self._threads:
             t.join(timeout=2.0)
-        for c in self._cameras:
-            c.close()
-        if getattr(self, "_control", None) is not None:
+        self._threads.clear()
+        if self._started and self._final_summary is None:
+            self._final_summary = self.summary()
+        intakes = [self._lowcmd, self._arm_sdk, *self._hand_cmds.values()]
+        writers = [self._lowstate_pub, *self._hand_pubs.values()]
+        self._lowcmd = self._arm_sdk = self._lowstate_pub = None
+        self._hand_cmds, self._hand_pubs = {}, {}
+        for intake in intakes:
+            if intake is not None:
+                intake.close()
+        for w in writers:
+            if w is not None:
+                w.close()
+        if self._control is not None:
             self._control.close(linger=0)
             self._control = None
         self._ctx.term()
+        if self._renderer is not None:
+            self._renderer.stop()
+            self._renderer = None
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
         if self._viewer is not None:
             self._viewer.close()
+            self._viewer = None
 
     def attach_viewer(self, viewer: Any) -> None:
         """A mujoco.viewer passive handle, synced from the physics loop at ~60 Hz."""
         self._viewer = viewer
 
-    # ------------------------------------------------------------------ DDS handlers
-    def _on_lowcmd(self, msg: Any) -> None:
-        st = self.stats
-        st.lowcmd_received += 1
-        if self.config.check_crc and msg.crc != hg_codec.lowcmd_crc(msg):
-            st.lowcmd_bad_crc += 1
-            self._warn_once("crc", "ignoring rt/lowcmd with a bad CRC (set it with unitree_sdk2py CRC)")
-            return
-        if msg.mode_machine != self.config.mode_machine:
-            st.lowcmd_bad_mode_machine += 1
-            self._warn_once("mm", f"ignoring rt/lowcmd with mode_machine {msg.mode_machine}; this G1 reports "
-                                  f"{self.config.mode_machine} (copy it from rt/lowstate)")
-            return
-        if msg.mode_pr != 0:
-            st.lowcmd_mode_pr_ab += 1
-            self._warn_once("ab", "rt/lowcmd has mode_pr=1 (AB: raw ankle/waist motors A/B); the sim models those "
-                                  "joints as pitch/roll (PR) and applies the command as PR. Use mode_pr=0.")
-        q, dq, kp, kd, tau, enabled = _motor_arrays(msg)
-        try:
-            self.sim.set_command(q, kp, kd, dq=dq, tau=tau, enabled=enabled)
-        except ValueError as e:
-            self._warn_once("lowcmd-value", f"ignoring rt/lowcmd: {e}")
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(text)
 
-    def _on_arm_sdk(self, msg: Any) -> None:
-        self.stats.arm_sdk_received += 1
-        q, dq, kp, kd, tau, _ = _motor_arrays(msg)
-        weight = float(msg.motor_cmd[g1_spec.ARM_SDK_WEIGHT_SLOT].q)
-        try:
-            self.sim.set_arm_sdk(q, kp, kd, weight, dq=dq, tau=tau)
-        except ValueError as e:
-            self._warn_once("arm-value", f"ignoring rt/arm_sdk: {e}")
-
-    def _on_hand_cmd(self, side: str, msg: Any) -> None:
-        from dit4dit.drivers.hands import unpack_mode
-
-        self.stats.hand_cmd_received += 1
-        n = len(g1_spec.DEX3_JOINTS)
-        mc = list(msg.motor_cmd)[:n]
-        if len(mc) != n:
-            self._warn_once(f"hand-{side}-len", f"ignoring rt/dex3/{side}/cmd with {len(mc)} motor commands, want {n}")
-            return
-        a = np.array([(m.q, m.dq, m.kp, m.kd, m.tau) for m in mc], dtype=np.float64)
-        # mode byte: bits 0-3 motor id, 4-6 status (0 = off), bit 7 timeout (stop)
-        modes = [unpack_mode(m.mode) for m in mc]  # (motor id, status, timeout)
-        enabled = np.array([status != 0 and not timeout for _, status, timeout in modes])
-        try:
-            self.sim.set_hand_command(side, a[:, 0], a[:, 2], a[:, 3], dq=a[:, 1], tau=a[:, 4], enabled=enabled)
-        except ValueError as e:
-            self._warn_once(f"hand-{side}-value", f"ignoring rt/dex3/{side}/cmd: {e}")
+    # ------------------------------------------------------------------ commands
+    def _apply_newest_commands(self, now_ns: int) -> None:
+        """The newest valid sample of each command topic, applied; its latency recorded."""
+        sim, st = self.sim, self.stats
+        cmd = self._lowcmd.newest() if self._lowcmd is not None else None
+        if cmd is not None:
+            if cmd.mode_pr != 0:
+                st.lowcmd_mode_pr_ab += 1
+                self._warn_once("ab", "rt/lowcmd has mode_pr=1 (AB: raw ankle/waist motors A/B); the sim models "
+                                      "those joints as pitch/roll (PR) and applies the command as PR. Use mode_pr=0.")
+            sim.set_command(cmd.q, cmd.kp, cmd.kd, dq=cmd.dq, tau=cmd.tau, enabled=cmd.enabled)
+            self._command_stamps["lowcmd"] = cmd.stamp_ns
+            st.command_latency_ms.add((now_ns - cmd.stamp_ns) * 1e-6)
+        cmd = self._arm_sdk.newest() if self._arm_sdk is not None else None
+        if cmd is not None:
+            sim.set_arm_sdk(cmd.q, cmd.kp, cmd.kd, cmd.weight, dq=cmd.dq, tau=cmd.tau)
+            self._command_stamps["arm_sdk"] = cmd.stamp_ns
+            st.command_latency_ms.add((now_ns - cmd.stamp_ns) * 1e-6)
+        for side, intake in self._hand_cmds.items():
+            cmd = intake.newest()
+            if cmd is not None:
+                sim.set_hand_command(side, cmd.q, cmd.kp, cmd.kd, dq=cmd.dq, tau=cmd.tau, enabled=cmd.enabled)
 
     def _hand_state_loop(self) -> None:
         from dit4dit.drivers.hands import pack_mode
         from unitree_sdk2py.idl.default import unitree_hg_msg_dds__HandState_
 
+        helper_thread_priority()
         msgs = {side: unitree_hg_msg_dds__HandState_() for side in self._hand_pubs}
         period = 1.0 / self.config.hand_state_rate_hz
         next_t = time.monotonic()
@@ -323,18 +313,13 @@ class SimBridge:
                     ms.mode = pack_mode(i)
                     ms.q, ms.dq, ms.tau_est = float(st["q"][i]), float(st["dq"][i]), float(st["tau"][i])
                     ms.temperature = [MOTOR_TEMPERATURE_C, MOTOR_TEMPERATURE_C]
-                pub.Write(msg)
+                pub.write(msg.serialize())
                 self.stats.hand_state_published += 1
             next_t += period
             delay = next_t - time.monotonic()
             if delay < -LATE_RESYNC_S:
                 next_t = time.monotonic()
             self._stop.wait(max(0.0, delay))
-
-    def _warn_once(self, key: str, text: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(text)
 
     # ------------------------------------------------------------------ physics + lowstate
     def fill_lowstate(self) -> bytes:
@@ -351,96 +336,85 @@ class SimBridge:
         return self._lowstate.serialize()
 
     def step_and_publish(self) -> None:
-        """One physics step and one rt/lowstate message."""
+        """The newest commands applied, one physics step, one rt/lowstate message, one camera snapshot."""
+        self.stats.seq += 1  # odd: this step's counters are being updated (stats.py)
+        self._apply_newest_commands(time.time_ns())
         with self.sim.lock:
             self.sim.step(1)
             self._tick_ms += self._tick_step_ms
             sample = self.fill_lowstate()
+            if self._snapshot is not None:
+                self._snapshot.write(self._tick_ms / 1000.0)  # device stamp: the robot clock (tick), in s
         self._lowstate_pub.write(sample)
         self.stats.steps += 1
         self.stats.lowstate_published += 1
+        self.stats.seq += 1
 
     def run(self, duration_s: float | None = None) -> None:
         """The physics loop, in the calling thread, until stop() (or duration_s of wall time)."""
         if not self._started:
             self.start()
-        dt = self.sim.model.opt.timestep
+        dt = self._step_s
         t0 = time.perf_counter()
         next_t = t0
         last_view = 0.0
-        while not self._stop.is_set():
-            self.step_and_publish()
-            now = time.perf_counter()
-            if duration_s is not None and now - t0 >= duration_s:
-                break
-            if self._viewer is not None and now - last_view > 1 / 60:
-                if not self._viewer.is_running():
+        self._physics_idle.clear()
+        try:
+            while not self._stop.is_set():
+                if self.config.real_time:
+                    self.stats.record_step_lateness(time.perf_counter() - next_t)
+                self.step_and_publish()
+                now = time.perf_counter()
+                if duration_s is not None and now - t0 >= duration_s:
                     break
-                with self.sim.lock:
-                    self._viewer.sync()
-                last_view = now
-            if not self.config.real_time:
-                continue
-            next_t += dt
-            delay = next_t - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            elif -delay > LATE_RESYNC_S:
-                self.stats.overruns += 1
-                next_t = time.perf_counter()
-
-    # ------------------------------------------------------------------ cameras
-    def _camera_loop(self) -> None:
-        # Rendering is the sim's heaviest work; on a small CPU let the 500 Hz physics thread win.
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CAMERA_THREAD_NICE)
-        except (AttributeError, OSError) as e:
-            log.debug("could not lower the camera thread's priority: %s", e)
-        try:
-            self._camera_loop_inner()
-        except Exception:  # the physics and DDS go on; camera readers will report stale frames
-            log.exception("camera thread failed: no more frames will be published")
-        finally:
-            self.sim.close()  # this thread's GL contexts
-
-    def _camera_loop_inner(self) -> None:
-        snap = None
-        while not self._stop.is_set():
-            now = time.monotonic()
-            next_wake = now + 0.05
-            for cam in self._cameras:
-                # deliver frames whose injected latency has passed
-                while cam.pending and cam.pending[0][0] <= now:
-                    _, image, sim_time = cam.pending.popleft()
-                    cam.publisher.publish(image, frame_id=cam.frame_id, stamp=now, device_stamp=sim_time)
-                    cam.frame_id += 1
-                    self.stats.frames[cam.cfg.name] = cam.frame_id
-                if now >= cam.next_due:
+                if self._viewer is not None and now - last_view > 1 / 60:
+                    if not self._viewer.is_running():
+                        break
                     with self.sim.lock:
-                        snap = self.sim.snapshot(snap)
-                        # device stamp: simulated seconds since the bridge started (sim.time restarts on
-                        # reset; a camera's device clock must keep increasing)
-                        sim_clock = self._tick_ms / 1000.0
-                    captured = time.monotonic()
-                    image = self.sim.render(cam.cfg.model_camera, (cam.cfg.height, cam.cfg.width), data=snap)
-                    if cam.latency_s > 0:
-                        cam.pending.append((captured + cam.latency_s, image, sim_clock))
-                    else:
-                        cam.publisher.publish(image, frame_id=cam.frame_id, stamp=captured, device_stamp=sim_clock)
-                        cam.frame_id += 1
-                        self.stats.frames[cam.cfg.name] = cam.frame_id
-                    cam.next_due += 1.0 / cam.cfg.fps
-                    if cam.next_due < now:  # rendering cannot keep up: skip, don't burst
-                        cam.next_due = now + 1.0 / cam.cfg.fps
-                next_wake = min(next_wake, cam.next_due, cam.pending[0][0] if cam.pending else next_wake)
-            delay = next_wake - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
+                        self._viewer.sync()
+                    last_view = now
+                if not self.config.real_time:
+                    continue
+                next_t += dt
+                delay = next_t - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                elif -delay > LATE_RESYNC_S:
+                    self.stats.overruns += 1
+                    next_t = time.perf_counter()
+                    # The robot's clock (tick) keeps running while physics was stalled, as a G1's does: the
+                    # states after this gap carry the time that passed, so a controller sees the stall as
+                    # age rather than a clock that fell behind for good.
+                    self._tick_ms += int(-delay * 1000)
+        finally:
+            self._physics_idle.set()
+
+    # ------------------------------------------------------------------ measurements
+    def _frames(self) -> dict[str, int]:
+        """Frames the renderer has published, per camera."""
+        snap = self._snapshot
+        if snap is None:
+            return {}
+        return {c.name: int(snap.frames[k]) for k, c in enumerate(self.config.cameras)}
+
+    def totals(self) -> dict[str, Any]:
+        """Every counter since start (the ``state`` reply's ``stats``)."""
+        return self.stats.totals(self._frames())
+
+    def summary(self) -> dict[str, Any]:
+        """The totals plus the real-time figures since start (dit4dit-sim prints it at exit)."""
+        if self._final_summary is not None:
+            return self._final_summary
+        since = self._since_start.report(self.stats, self._frames())
+        keys = ("window_s", "real_time_factor", "command_latency_ms", "physics_step_late_ms")
+        return {**self.totals(), **{k: since[k] for k in keys}}
 
     # ------------------------------------------------------------------ control socket
     def _control_loop(self) -> None:
+        helper_thread_priority()
         sock = self._control
         while not self._stop.is_set():
+            self._check_renderer()
             if not sock.poll(100):
                 continue
             raw = sock.recv()
@@ -453,7 +427,13 @@ class SimBridge:
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             sock.send(msgpack.packb(reply, use_bin_type=True))
 
-    COMMANDS = ("ping", "reset", "state", "task_state", "remote", "set_latency", "set_camera_latency",
+    def _check_renderer(self) -> None:
+        r = self._renderer
+        if r is not None and not r.alive and not self._stop.is_set():
+            self._warn_once("renderer", "the camera renderer has stopped: no more frames will be published "
+                                        "(physics and DDS go on; see its messages above)")
+
+    COMMANDS = ("ping", "reset", "state", "stats", "task_state", "remote", "set_latency", "set_camera_latency",
                 "set_object_pose", "camera_info")
 
     def handle(self, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -462,13 +442,15 @@ class SimBridge:
         ping                                     -> {sim_time}
         reset {seed: int|None, task: str|None}   -> {objects}
         state                                    -> {sim_time, tick, q, dq, tau, imu, objects, ee, arm_sdk_weight,
-                                                     command, remote, stats}
+                                                     command, command_stamp_ns, remote, stats, hands}
+        stats {reset: bool = False}              -> the real-time report since the last reset (or start), see
+                                                    stats.StatsWindow.report; reset: a new window begins now
         task_state                               -> {task, seed, success, info, objects, sim_time}
         remote {buttons: [str], sticks: {lx, ly, rx, ry, l2}}  -> {bytes}  (held until the next remote)
         set_latency / set_camera_latency {seconds, camera: str|None}  -> {latency}
         set_object_pose {name, pos: [3], quat: [4] wxyz}        -> {}
         camera_info {camera}                     -> {K (at the stream size), T_world_cam (OpenCV axes), width,
-                                                     height, fps, address}
+                                                     height, fps, address, latency}
         """
         sim = self.sim
         if cmd == "ping":
@@ -482,14 +464,25 @@ class SimBridge:
         if cmd == "state":
             with sim.lock:
                 imu = {k: v.tolist() for k, v in sim.imu().items()}
+                source = sim.command_source
                 return {
                     "sim_time": sim.time, "tick": self._tick_ms, "q": sim.joint_positions().tolist(),
                     "dq": sim.joint_velocities().tolist(), "tau": sim.joint_torques().tolist(), "imu": imu,
                     "objects": sim.object_poses(), "ee": {k: v.tolist() for k, v in sim.ee_poses().items()},
-                    "arm_sdk_weight": sim.arm_sdk_weight, "command": sim.command_source,
-                    "remote": self._remote_bytes, "stats": self.stats.as_dict(),
+                    "arm_sdk_weight": sim.arm_sdk_weight, "command": source,
+                    "command_stamp_ns": self._command_stamps.get(source),
+                    "remote": self._remote_bytes, "stats": self.totals(),
                     "hands": {side: sim.hand_state(side)["q"].tolist() for side in sim.hand_sides},
                 }
+        if cmd == "stats":
+            reset = req.get("reset", False)
+            if not isinstance(reset, bool):
+                raise ValueError(f"stats 'reset' must be true or false, got {reset!r}")
+            frames = self._frames()
+            report = self._window.report(self.stats, frames)
+            if reset:
+                self._window = StatsWindow(self.stats, frames, self._step_s)
+            return report
         if cmd == "task_state":
             return sim.task_state()
         if cmd == "remote":
@@ -506,12 +499,12 @@ class SimBridge:
             if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 5:
                 raise ValueError(f"latency 'seconds' must be a number in [0, 5], got {seconds!r}")
             name = req.get("camera")
-            targets = [c for c in self._cameras if name is None or c.cfg.name == name]
-            if not targets:
-                raise ValueError(f"no camera stream {name!r}; streams: {[c.cfg.name for c in self._cameras]}")
-            for c in targets:
-                c.latency_s = float(seconds)
-            return {"latency": {c.cfg.name: c.latency_s for c in self._cameras}}
+            targets = [k for k, c in enumerate(self.config.cameras) if name is None or c.name == name]
+            if not targets or self._snapshot is None:
+                raise ValueError(f"no camera stream {name!r}; streams: {[c.name for c in self.config.cameras]}")
+            for k in targets:
+                self._snapshot.latency[k] = float(seconds)  # the renderer reads it per frame
+            return {"latency": self._latencies()}
         if cmd == "set_object_pose":
             pos, quat = req.get("pos"), req.get("quat", [1.0, 0.0, 0.0, 0.0])
             if not (isinstance(pos, list) and len(pos) == 3 and isinstance(quat, list) and len(quat) == 4):
@@ -520,21 +513,41 @@ class SimBridge:
             return {}
         if cmd == "camera_info":
             name = req.get("camera", "head")
-            cams = {c.cfg.name: c for c in self._cameras}
+            cams = {c.name: c for c in self.config.cameras}
             if name not in cams:
                 raise ValueError(f"no camera stream {name!r}; streams: {list(cams)}")
             c = cams[name]
             with sim.lock:
-                T = sim.camera_pose(c.cfg.model_camera, "opencv")
-            K = sim.camera_intrinsics(c.cfg.model_camera, c.cfg.width, c.cfg.height)
-            return {"K": K.tolist(), "T_world_cam": T.tolist(), "width": c.cfg.width, "height": c.cfg.height,
-                    "fps": c.cfg.fps, "address": c.address, "latency": c.latency_s}
+                T = sim.camera_pose(c.model_camera, "opencv")
+            K = sim.camera_intrinsics(c.model_camera, c.width, c.height)
+            return {"K": K.tolist(), "T_world_cam": T.tolist(), "width": c.width, "height": c.height,
+                    "fps": c.fps, "address": f"tcp://{self.config.host}:{c.port}", "latency": self._latencies()[name]}
         raise ValueError(f"unknown command {cmd!r}; commands: {', '.join(self.COMMANDS)}")
+
+    def _latencies(self) -> dict[str, float]:
+        snap = self._snapshot
+        return {c.name: float(snap.latency[k]) if snap is not None else c.latency_s
+                for k, c in enumerate(self.config.cameras)}
 
     def set_remote(self, remote: Remote) -> None:
         """Buttons/sticks reported in rt/lowstate from the next message on (held until changed)."""
         raw = remote.pack()
         self.remote, self._remote_raw, self._remote_bytes = remote, raw, list(raw)
+
+
+def wait_for_sim(address: str, alive: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """Block until a dit4dit-sim answers ``ping`` on its control socket. RuntimeError when ``alive()`` turns
+    False (the process exited) or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            control_request(address, "ping", timeout_s=1.0)
+            return
+        except (TimeoutError, RuntimeError):
+            if not alive():
+                raise RuntimeError(f"dit4dit-sim exited before its control socket {address} answered") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dit4dit-sim did not answer on {address} within {timeout_s:.0f} s") from None
 
 
 def control_request(address: str, cmd: str, timeout_s: float = 5.0, **fields: Any) -> dict[str, Any]:

@@ -27,10 +27,14 @@ examples:
   dit4dit-sim --model ../shared/reference/unitree_g1_mujoco/g1_29dof.xml   # a full mesh MJCF instead
   dit4dit-sim --keyboard                        # toggle remote keys from this terminal (e.g. 2 then b = L2+B)
 
-control socket (ZeroMQ REQ/REP, msgpack maps {"cmd": ...}): ping, reset {seed, task}, state, task_state,
-  remote {buttons, sticks}, set_latency {seconds, camera}, set_object_pose {name, pos, quat}, camera_info {camera}.
-  From Python: dit4dit.drivers.sim.bridge.control_request("tcp://127.0.0.1:55570", "state")
+control socket (ZeroMQ REQ/REP, msgpack maps {"cmd": ...}): ping, reset {seed, task}, state, stats {reset},
+  task_state, remote {buttons, sticks}, set_latency {seconds, camera}, set_object_pose {name, pos, quat},
+  camera_info {camera}.
+  From Python: dit4dit.drivers.sim.bridge.control_request("tcp://127.0.0.1:55570", "stats", reset=True)
 """
+
+DEFAULT_RT_PRIORITY = 70  # above most of a desktop's real-time threads, below the kernel's (watchdogs at 99)
+SWITCH_INTERVAL_S = 0.0005  # a helper thread holding the GIL hands it to the physics loop within this
 
 # Keyboard -> remote key (toggled: press once to hold, again to release; space releases all).
 KEY_MAP = {"1": "L1", "2": "L2", "3": "R1", "4": "R2", "a": "A", "b": "B", "x": "X", "y": "Y",
@@ -98,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("running")
     run.add_argument("--no-realtime", action="store_true", help="step as fast as possible instead of real time")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds of wall time")
+    run.add_argument("--rt-priority", type=int, default=DEFAULT_RT_PRIORITY, metavar="N",
+                     help="run the physics loop (and DDS's receive threads) SCHED_FIFO at priority N where "
+                          "permitted (root, CAP_SYS_NICE or an rtprio limit; else a warning and normal "
+                          "scheduling); 0 = normal (default %(default)s)")
+    run.add_argument("--render-in-process", action="store_true",
+                     help="debugging baseline: render the cameras in a thread of the physics process instead of "
+                          "the render process (its rendering delays physics steps; see bench/bench_sim_realtime.py)")
     run.add_argument("--keyboard", action="store_true", help="wireless-remote keys from this terminal (toggles: "
                      + ", ".join(f"{k}={v}" for k, v in KEY_MAP.items()) + ", space = release all)")
     run.add_argument("--viewer", action="store_true",
@@ -128,16 +139,18 @@ class RemoteToggler:
 
 
 def _keyboard_thread(toggler: RemoteToggler, stop: threading.Event) -> threading.Thread:
-    """Read keys from a terminal in cbreak mode (no Enter needed)."""
+    """Read keys from a terminal in cbreak mode (no Enter needed). The mode is set before this returns:
+    setting it flushes pending input, so a key typed once the simulator answers is never lost."""
     import select
     import termios
     import tty
 
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
     def run() -> None:
-        fd = sys.stdin.fileno()
-        old = termios.tcgetattr(fd)
         try:
-            tty.setcbreak(fd)
             while not stop.is_set():
                 if not select.select([sys.stdin], [], [], 0.1)[0]:
                     continue
@@ -164,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MUJOCO_GL"] = "glfw"  # the viewer and the offscreen renderer share GLFW contexts
     if args.keyboard and not sys.stdin.isatty():
         parser.error("--keyboard needs an interactive terminal on stdin; use the control socket's 'remote' command")
+    if not 0 <= args.rt_priority <= 99:
+        parser.error(f"--rt-priority must be 0..99, got {args.rt_priority}")
+    rt_priority = args.rt_priority
+    if args.viewer and rt_priority:
+        rt_priority = 0  # the viewer renders in this process's threads, which would inherit SCHED_FIFO
+        logging.getLogger(__name__).info("--viewer: the physics loop runs at normal priority")
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     # Imports after the GL backend is chosen.
     from dit4dit.drivers.sim.bridge import BridgeConfig, SimBridge
@@ -185,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = BridgeConfig(domain=args.domain, interface=args.interface, mode_machine=args.mode_machine,
                            host=args.host, cameras=cameras, control_port=args.control_port or None,
                            real_time=not args.no_realtime, check_crc=not args.no_crc_check,
-                           jpeg_quality=args.jpeg_quality, hands=args.hands)
+                           jpeg_quality=args.jpeg_quality, hands=args.hands, rt_priority=rt_priority,
+                           render_in_process=args.render_in_process)
         sim = G1Sim(SceneConfig(model_path=args.model, hands=args.hands, base=args.base, tabletop=not args.no_table,
                                 additions=props))
         if args.seed is not None or args.task is not None:
@@ -203,12 +224,18 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    toggler = RemoteToggler(bridge)
+    # Before start(): its thread then runs at normal priority, and the terminal is ready when the sim answers.
+    keyboard = _keyboard_thread(toggler, stop) if args.keyboard else None
     try:
         bridge.start()
     except RuntimeError as e:
         print(f"dit4dit-sim: {e}", file=sys.stderr)
+        stop.set()
+        if keyboard is not None:
+            keyboard.join(timeout=2.0)
+        sim.close()
         return 2
-    toggler = RemoteToggler(bridge)
     if args.viewer:
         import mujoco.viewer
 
@@ -217,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
                 toggler.press(chr(keycode))
 
         bridge.attach_viewer(mujoco.viewer.launch_passive(sim.model, sim.data, key_callback=on_key))
-    if args.keyboard:
-        _keyboard_thread(toggler, stop)
     streams = ", ".join(f"{c.name} {c.width}x{c.height}@{c.fps:g} tcp://{args.host}:{c.port}" for c in cameras) or "none"
     control = f"tcp://{args.host}:{args.control_port}" if args.control_port else "none"
     hands = "Dex3 (rt/dex3/*)" if args.hands else "rubber"
@@ -228,9 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         bridge.run(duration_s=args.duration)
     finally:
         stop.set()
+        if keyboard is not None:
+            keyboard.join(timeout=2.0)  # no thread of ours is left running at interpreter exit
         bridge.close()
         sim.close()
-        print(f"dit4dit-sim stopped: {bridge.stats.as_dict()}", flush=True)
+        print(f"dit4dit-sim stopped: {bridge.summary()}", flush=True)
     return 0
 
 

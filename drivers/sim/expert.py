@@ -8,7 +8,7 @@ turned into joint-position targets at the control rate by damped-least-squares I
 arm moves continuously. Only the task's arm moves; every other joint holds the start pose.
 
 Execution (:func:`run_episode`) is the controller's: knots at the policy rate, linear interpolation to the
-500 Hz command stream, and every command through :class:`dit4dit.runtime.safety.SafetyFilter` with the
+500 Hz command stream, and every command through :class:`dit4dit.runtime.realtime.safety.SafetyFilter` with the
 limits of the default ``deploy.yaml`` safety section, so demonstrations never do what the real controller
 would refuse.
 """
@@ -146,7 +146,7 @@ class EpisodeOutcome:
 def default_safety_filter() -> Any:
     """The SafetyFilter with the default deploy.yaml safety limits (the controller's defaults)."""
     from dit4dit.runtime.config import SafetySection
-    from dit4dit.runtime.safety import SafetyFilter, SafetyLimits
+    from dit4dit.runtime.realtime.safety import SafetyFilter, SafetyLimits
 
     return SafetyFilter(SafetyLimits.from_config(SafetySection()))
 

@@ -12,7 +12,11 @@ Whatever asks for a command (policy chunks, teleop, ramps), what reaches ``robot
   move that fraction of the step, so a control loop that catches up after a stall (several ticks in a
   burst) cannot make the driver's 500 Hz publisher send a bigger step than time allows;
 * gains clamped to [0, max_kp] / [0, max_kd], feed-forward velocity to +-max_velocity, torque to a
-  fraction of each joint's effort; non-finite or wrong-shaped gains fall back to the last safe ones.
+  fraction of each joint's effort; non-finite or wrong-shaped gains fall back to the last safe ones;
+* a float32 value, as the robot receives it (LowCmd carries float32): every limit above holds for the
+  rounded value itself, so a recorder of the wire finds no step, however small, beyond the limit. The
+  step allowed is also shaved by ``STEP_MARGIN`` (1 ppm) so that float rounding in the time arithmetic
+  of whoever checks it never reads the limit as exceeded.
 
 ``damp()`` latches: from then on only the damping command (kp = 0, kd > 0) goes out.
 """
@@ -32,6 +36,7 @@ from dit4dit.drivers import g1_spec
 log = logging.getLogger(__name__)
 
 N = g1_spec.NUM_JOINTS
+STEP_MARGIN = 1e-6  # relative: the step allowed is max_delta * (1 - STEP_MARGIN)
 
 
 class SafetyError(RuntimeError):
@@ -133,7 +138,7 @@ class SafetyFilter:
         q = _as_vector(q_measured)
         if q is None:
             raise SafetyError(f"reset: measured pose is not a finite ({N},) vector: {_reason(q_measured)}")
-        q = np.clip(q, g1_spec.LOWER, g1_spec.UPPER)
+        q = _float32_inside(np.clip(q, g1_spec.LOWER, g1_spec.UPPER))
         kp_v = _as_vector(kp)
         kd_v = _as_vector(kd)
         if kp_v is None or kd_v is None:
@@ -170,11 +175,11 @@ class SafetyFilter:
         clamped = np.clip(target, lo, hi)
         if np.any(clamped != target):
             self.stats.position_clamped += 1
-        max_delta = lim.max_delta
+        max_delta = lim.max_delta * (1.0 - STEP_MARGIN)
         if now is not None:
             if self._t_last is not None:
                 frac = min(1.0, max(0.0, (now - self._t_last) / lim.dt))
-                max_delta = lim.max_delta * frac
+                max_delta = max_delta * frac
             self._t_last = now
         delta = clamped - prev.q
         if np.any(max_delta <= 0):  # two commands at the same instant: no motion allowed
@@ -187,6 +192,7 @@ class SafetyFilter:
         new_q = np.clip(prev.q + delta, lo, hi)
         # Rounding in prev + delta/ratio may overshoot the step by an ulp; pull it back.
         new_q = np.clip(new_q, prev.q - max_delta, prev.q + max_delta)
+        new_q = _float32_toward(new_q, prev.q, max_delta, lo, hi)
 
         new_kp = self._bounded("kp", kp, prev.kp, 0.0, lim.max_kp)
         new_kd = self._bounded("kd", kd, prev.kd, 0.0, lim.max_kd)
@@ -203,6 +209,26 @@ class SafetyFilter:
             self.stats.rejected[f"{name} {_reason(x)}"] += 1
             return fallback.copy() if fallback is not None else np.zeros(N)
         return np.clip(v, lo, hi)
+
+
+def _float32_inside(q: np.ndarray) -> np.ndarray:
+    """q rounded to float32, a rounding that would leave the hard range moved back inside by one ulp."""
+    w = q.astype(np.float32)
+    w = np.where(w.astype(np.float64) > g1_spec.UPPER, np.nextafter(w, np.float32(-np.inf)), w)
+    w = np.where(w.astype(np.float64) < g1_spec.LOWER, np.nextafter(w, np.float32(np.inf)), w)
+    return w.astype(np.float64)
+
+
+def _float32_toward(q: np.ndarray, prev: np.ndarray, max_delta: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """q rounded to float32; where rounding broke the step or the box, one ulp back toward prev (a float32
+    value that satisfies both, so a half-ulp overshoot is always undone)."""
+    w = q.astype(np.float32)
+    wd = w.astype(np.float64)
+    bad = (np.abs(wd - prev) > max_delta) | (wd < lo) | (wd > hi)
+    if np.any(bad):
+        w[bad] = np.nextafter(w[bad], prev[bad].astype(np.float32))
+        wd = w.astype(np.float64)
+    return wd
 
 
 class RobotLike(Protocol):
