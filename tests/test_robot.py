@@ -114,9 +114,9 @@ def fake_g1(domain: int, opts: dict[str, Any], ready: Any, pause: Any, stop: Any
     msg = unitree_hg_msg_dds__LowState_()
     msg.mode_machine = opts.get("mode_machine", 5)
     remote = (Remote() if opts.get("remote") == "zero" else Remote.from_buttons(["L2", "B"], lx=0.25, ly=-0.5)).as_list()
-    tick, dt = 0, 0.002
+    tick, turns, dt = 0, 0, 0.002
     ready.set()
-    next_t = time.monotonic()
+    next_t = started = time.monotonic()
     while not stop.is_set():
         with lock:
             cmd = dict(latest)
@@ -125,7 +125,10 @@ def fake_g1(domain: int, opts: dict[str, Any], ready: Any, pause: Any, stop: Any
             gain = np.where(cmd["kp"] > 0, 1.0, 0.0) * (cmd["w"] if cmd["topic"] == g1_spec.TOPIC_ARM_SDK else 1.0)
             q = q + gain * (cmd["q"] - q) * min(1.0, dt / 0.05)
         if not pause.is_set():
-            tick += 2
+            # A G1's tick is its own clock in ms. Counted from this process's clock, not from loop turns: on a
+            # loaded machine the loop falls behind, and a tick that counted turns would claim its states are older
+            # than they are.
+            tick = int((time.monotonic() - started) * 1000)
             msg.tick = tick
             for i in range(29):
                 msg.motor_state[i].q = float(q[i])
@@ -138,7 +141,8 @@ def fake_g1(domain: int, opts: dict[str, Any], ready: Any, pause: Any, stop: Any
             elif crc == "bad":
                 msg.crc = 12345
             pub.Write(msg)
-            if hand_pubs and tick % 10 == 0:  # 100 Hz
+            turns += 1
+            if hand_pubs and turns % 5 == 0:  # 100 Hz
                 for hp, hs in hand_pubs.values():
                     hp.Write(hs)
         next_t += dt
