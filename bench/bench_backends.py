@@ -8,7 +8,7 @@ InferenceEngine interface (numpy in, numpy out, as the server calls it; batch 1)
     compile-graphs torch.compile mode="reduce-overhead" (inductor + CUDA graphs; cuda only)
     compile-graphs-bf16  the same under bf16 autocast (cuda only)
     onnxruntime    the dit4dit-export ONNX graphs in ONNX Runtime (CPU provider, or CUDA provider on cuda)
-    tensorrt       TensorRT engines built from those graphs (when TensorRT is installed)
+    tensorrt       strongly typed TensorRT engines built from the fp16 graphs (when TensorRT is installed)
 Each row gives the median and p90 over --repeats calls after warm-up, and the cosine of the action chunk's
 displacement (sigma * noise - actions) against eager float32 (the parity gate's hardest check).
 "paper-action" benchmarks only the paper-shape action DiT (16 layers, width 1536, 32 queries, 4 Euler steps)
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from dit4dit.policy.checkpoint import perturb_zero_init
-from dit4dit.policy.export import compare, example_inputs, export_onnx
+from dit4dit.policy.export import export_onnx
+from dit4dit.policy.graphs import compare, example_inputs
 from dit4dit.policy.model import ActionSampler, DiT4DiT, FeatureNet, preset_config
 
 
@@ -123,8 +124,9 @@ def make_engines(backends: list[str], model: DiT4DiT, device: torch.device, pres
 
 
 def _compiled_engine(backend: str, model: DiT4DiT, device: torch.device, folder: Path) -> Any:
-    from dit4dit.policy.backends import OnnxRuntimeEngine, TensorRTEngine, _build_plan, tensorrt_available
-    from dit4dit.policy.export import FEATURE_INPUTS, SAMPLER_INPUTS, graph_shapes
+    from dit4dit.policy.graphs import FEATURE_INPUTS, SAMPLER_INPUTS, graph_shapes, onnx_file
+    from dit4dit.policy.onnxruntime_engine import OnnxRuntimeEngine
+    from dit4dit.policy.tensorrt_engine import TensorRTEngine, build_plan, tensorrt_available
 
     # Fail before the (slow) export when the backend cannot run here.
     if backend == "onnxruntime" and device.type == "cuda":
@@ -136,20 +138,18 @@ def _compiled_engine(backend: str, model: DiT4DiT, device: torch.device, folder:
         ok, why = tensorrt_available()
         if not ok:
             raise RuntimeError(why)
-    if not (folder / "sampler.onnx").is_file():
+    precision = "fp16" if backend == "tensorrt" else "fp32"  # TensorRT: strongly typed fp16 graphs
+    if not (folder / onnx_file("sampler", precision)).is_file():
         cpu_copy = DiT4DiT(model.cfg)
         cpu_copy.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, strict=False)
-        export_onnx(cpu_copy, folder, max_batch=1)
+        export_onnx(cpu_copy, folder, max_batch=1, precision=precision)
         del cpu_copy
     if backend == "onnxruntime":
         return OnnxRuntimeEngine(folder / "features.onnx", folder / "sampler.onnx", device=device.type,
                                  threads=torch.get_num_threads() if device.type == "cpu" else None)
-    ok, why = tensorrt_available()
-    if not ok:
-        raise RuntimeError(why)
     shapes = {k: list(v[1:]) for k, v in graph_shapes(model.cfg, 1).items()}
-    _build_plan(folder / "features.onnx", folder / "features.plan", "fp16", 1, shapes, FEATURE_INPUTS)
-    _build_plan(folder / "sampler.onnx", folder / "sampler.plan", "fp16", 1, shapes, SAMPLER_INPUTS)
+    build_plan(folder / onnx_file("features", precision), folder / "features.plan", 1, shapes, FEATURE_INPUTS)
+    build_plan(folder / onnx_file("sampler", precision), folder / "sampler.plan", 1, shapes, SAMPLER_INPUTS)
     return TensorRTEngine(folder / "features.plan", folder / "sampler.plan", shapes, 1)
 
 

@@ -1,42 +1,43 @@
-"""Inference backends behind one interface (policy.inference.InferenceEngine), and how the server picks one.
+"""Which inference engine serves a checkpoint, and loading it (policy.inference.InferenceEngine interface).
 
-    torch        policy.inference.TorchEngine (the reference; eager PyTorch on cpu or cuda)
-    onnxruntime  OnnxRuntimeEngine: the two ONNX graphs written by dit4dit-export (CPU, or the CUDA provider)
-    tensorrt     TensorRTEngine: the TensorRT engines built from those graphs (CUDA only)
+    torch        policy.inference.TorchEngine: eager PyTorch float32 on cpu or cuda (the reference)
+    compiled     policy.compiled_engine.CompiledEngine: torch.compile + CUDA graphs + bf16 (cuda)
+    onnxruntime  policy.onnxruntime_engine.OnnxRuntimeEngine: the graphs written by dit4dit-export (cpu, or
+                 the CUDA provider)
+    tensorrt     policy.tensorrt_engine.TensorRTEngine: strongly typed engines built from those graphs (cuda)
 
 Selection rule (`select_backend`, backend="auto"):
-    1. on cuda: TensorRT, if TensorRT imports and --engines holds an engine whose build key matches this
-       checkpoint's sha256, this TensorRT version, this GPU's name (and passed the parity gate);
-    2. on cuda otherwise: torch;
-    3. on cpu: onnxruntime, if --engines holds ONNX graphs exported from this checkpoint that passed the
-       parity gate (ONNX Runtime is several times faster than eager PyTorch for these small graphs on CPU);
-    4. on cpu otherwise: torch.
-An explicit --backend is honoured or refused with the reason (never silently replaced).
+    1. on cuda: TensorRT, if TensorRT imports and --engines holds an engine that passed the parity gate and
+       whose build key matches this checkpoint's sha256, this TensorRT version and this GPU's name;
+    2. on cuda otherwise: compiled, if torch.compile can target this GPU (Triton imports); it must pass the
+       parity gate at start, or the server falls back to torch and says why;
+    3. on cuda otherwise: torch;
+    4. on cpu: onnxruntime, if --engines holds float32 graphs exported from this checkpoint that passed the
+       gate (ONNX Runtime is several times faster than eager PyTorch for these small graphs on CPU);
+    5. on cpu otherwise: torch.
+`compiled` is not offered on cpu: bench/bench_backends.py measured inductor slower than ONNX Runtime there
+(bench/RESULTS.md). An explicit --backend is honoured or refused with the reason (never silently replaced).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .export import (FEATURE_INPUTS, FEATURES_ONNX, SAMPLER_INPUTS, SAMPLER_ONNX, checkpoint_sha256, engine_parity,
-                     read_manifest, write_manifest)
+from .export import export
+from .graphs import BackendError, checkpoint_sha256, engine_parity, read_manifest
+from .onnxruntime_engine import OnnxRuntimeEngine
+from .tensorrt_engine import TensorRTEngine, tensorrt_available
 
 log = logging.getLogger("dit4dit.backends")
 
-BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
-
-
-class BackendError(RuntimeError):
-    """The requested backend cannot run here; the message says why and what to do."""
+BACKENDS = ("auto", "tensorrt", "compiled", "torch", "onnxruntime")
+COMPILED_ON_CPU = ("torch.compile is not offered on cpu: bench/bench_backends.py measured it slower than ONNX Runtime "
+                   "there (small preset, 2 cores: 68.5 ms against 53.4 ms; bench/RESULTS.md); use --backend onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -46,239 +47,15 @@ class BackendChoice:
     reason: str
 
 
-# ---------------------------------------------------------------------------------- ONNX Runtime
-
-
-class OnnxRuntimeEngine:
-    """Runs features.onnx and sampler.onnx in ONNX Runtime (CPUExecutionProvider, or CUDA when asked and present)."""
-
-    name = "onnxruntime"
-
-    def __init__(self, features_path: str | Path, sampler_path: str | Path, device: str = "cpu",
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise BackendError(f"onnxruntime on cuda needs the CUDAExecutionProvider (pip install onnxruntime-gpu); "
-                                   f"this onnxruntime has {available}")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        self.providers = providers
-        self._features = ort.InferenceSession(str(features_path), options, providers=providers)
-        self._sampler = ort.InferenceSession(str(sampler_path), options, providers=providers)
-        self.name = "onnxruntime" if device == "cpu" else "onnxruntime-cuda"
-
-    def features(self, frames: np.ndarray, text_tokens: np.ndarray) -> np.ndarray:
-        feeds = {"frames": np.ascontiguousarray(frames, np.float32), "text_tokens": np.ascontiguousarray(text_tokens, np.int64)}
-        return self._features.run(None, feeds)[0]
-
-    def sample(self, features: np.ndarray, state: np.ndarray, noise: np.ndarray, prefix: np.ndarray,
-               prefix_weight: np.ndarray) -> np.ndarray:
-        arrays = (features, state, noise, prefix, prefix_weight)
-        feeds = {n: np.ascontiguousarray(a, np.float32) for n, a in zip(SAMPLER_INPUTS, arrays)}
-        return self._sampler.run(None, feeds)[0]
-
-
-# -------------------------------------------------------------------------------------- TensorRT
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """(usable, reason when not)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False, "TensorRT is not installed (pip install tensorrt, on a machine with an NVIDIA GPU)"
+def compiled_available() -> tuple[bool, str]:
+    """(torch.compile with CUDA graphs can run here, reason when not)."""
     if not torch.cuda.is_available():
         return False, "no CUDA GPU is visible"
+    try:
+        import triton  # noqa: F401 - inductor's GPU code generator
+    except ImportError:
+        return False, "Triton is not installed (inductor needs it to compile for the GPU)"
     return True, ""
-
-
-def tensorrt_build_key(checkpoint_sha: str, precision: str, max_batch: int) -> tuple[str, dict[str, str]]:
-    """The cache key of a TensorRT build: checkpoint, TensorRT version, GPU name, precision, max batch."""
-    import tensorrt as trt
-
-    facts = {"checkpoint_sha256": checkpoint_sha, "tensorrt_version": trt.__version__,
-             "gpu": torch.cuda.get_device_name(), "precision": precision, "max_batch": str(max_batch)}
-    key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
-    return key, facts
-
-
-def _build_plan(onnx_path: Path, plan_path: Path, precision: str, max_batch: int,
-                shapes: dict[str, list[int]], input_names: tuple[str, ...]) -> None:
-    """Build one serialized engine with TensorRT's Python builder API (TensorRT 10)."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendError(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 8 << 30)
-    if precision in ("fp16", "fp8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    if precision == "fp8":
-        major, minor = torch.cuda.get_device_capability()
-        if (major, minor) < (8, 9):
-            raise BackendError(f"fp8 needs compute capability >= 8.9 (Ada/Hopper); {torch.cuda.get_device_name()} "
-                               f"is {major}.{minor}; use --precision fp16 or bf16")
-        config.set_flag(trt.BuilderFlag.FP8)  # TensorRT uses FP8 where the graph has Q/DQ nodes
-    if precision in ("fp16", "bf16", "fp8"):
-        # Layer norms over wide rows overflow or drift in half precision (TensorRT warns about exactly this);
-        # pin them to float32 so the parity gate holds, and let everything else run in the lower precision.
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if layer.type == trt.LayerType.NORMALIZATION:
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    profile = builder.create_optimization_profile()
-    for name in input_names:
-        rest = tuple(shapes[name])
-        profile.set_shape(name, (1, *rest), (1, *rest), (max_batch, *rest))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BackendError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    plan_path.write_bytes(bytes(serialized))
-
-
-def build_tensorrt_engines(engines_dir: Path, manifest: dict[str, Any], model: Any, precision: str = "fp16") -> dict[str, Any]:
-    """Build (or reuse from the cache) the TensorRT engines of the exported graphs, then gate them."""
-    ok, why = tensorrt_available()
-    if not ok:
-        raise BackendError(f"cannot build TensorRT engines: {why}")
-    if not manifest.get("onnx"):
-        raise BackendError(f"{engines_dir} holds no ONNX graphs that passed the parity gate; run dit4dit-export first")
-    max_batch = int(manifest["max_batch"])
-    key, facts = tensorrt_build_key(manifest["checkpoint_sha256"], precision, max_batch)
-    folder = engines_dir / "tensorrt" / key
-    info_path = folder / "build.json"
-    if info_path.is_file():
-        print(f"TensorRT engines {key} already built for {facts['gpu']}, TensorRT {facts['tensorrt_version']}: reused")
-        return json.loads(info_path.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    _build_plan(engines_dir / FEATURES_ONNX, folder / "features.plan", precision, max_batch, manifest["shapes"], FEATURE_INPUTS)
-    _build_plan(engines_dir / SAMPLER_ONNX, folder / "sampler.plan", precision, max_batch, manifest["shapes"], SAMPLER_INPUTS)
-    build_s = time.perf_counter() - t0
-    engine = TensorRTEngine(folder / "features.plan", folder / "sampler.plan", manifest["shapes"], max_batch)
-    reports = engine_parity(engine, model.to("cuda"), batch=1)
-    for r in reports:
-        print("parity " + r.line(), flush=True)
-    entry = {"key": key, **facts, "build_s": build_s, "folder": f"tensorrt/{key}",
-             "parity": [r.__dict__ for r in reports], "passed": all(r.passed for r in reports)}
-    info_path.write_text(json.dumps(entry, indent=2))
-    if not entry["passed"]:
-        log.error("TensorRT %s engines failed the parity gate; the server will not pick them", precision)
-    return entry
-
-
-class TensorRTEngine:
-    """Runs the two TensorRT engines on one CUDA stream with preallocated device buffers.
-
-    The action sampler's whole Euler loop is inside its engine, so there is no host round trip and no
-    synchronisation between denoising steps. For batch 1 (a robot's normal request) the engine launch is
-    captured once in a CUDA graph and replayed; each call does: copy inputs host->device into fixed buffers,
-    replay, copy the output device->host into a fixed pinned buffer, one stream synchronisation.
-    """
-
-    name = "tensorrt"
-
-    def __init__(self, features_plan: str | Path, sampler_plan: str | Path, shapes: dict[str, list[int]],
-                 max_batch: int = 1, cuda_graphs: bool = True) -> None:
-        import tensorrt as trt
-
-        self._trt = trt
-        self.max_batch = max_batch
-        self.device = torch.device("cuda")
-        self.stream = torch.cuda.Stream()
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
-        self._graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
-        self._cuda_graphs = cuda_graphs
-        self._parts: dict[str, dict[str, Any]] = {}
-        for part, plan, inputs, output in (("features", features_plan, FEATURE_INPUTS, "features"),
-                                           ("sampler", sampler_plan, SAMPLER_INPUTS, "actions")):
-            engine = self._runtime.deserialize_cuda_engine(Path(plan).read_bytes())
-            if engine is None:
-                raise BackendError(f"TensorRT could not load {plan} (built by another TensorRT version or GPU?)")
-            context = engine.create_execution_context()
-            buffers = {}
-            for name in (*inputs, output):
-                dtype = torch.int64 if name == "text_tokens" else torch.float32
-                buffers[name] = torch.empty((max_batch, *shapes[name]), dtype=dtype, device=self.device)
-            self._parts[part] = {"engine": engine, "context": context, "inputs": inputs, "output": output,
-                                 "buffers": buffers, "bound_batch": None,
-                                 "host_out": torch.empty((max_batch, *shapes[output]), dtype=torch.float32).pin_memory()}
-
-    def _bind(self, part: str, batch: int) -> None:
-        p = self._parts[part]
-        if p["bound_batch"] == batch:
-            return
-        ctx = p["context"]
-        for name in p["inputs"]:
-            view = p["buffers"][name][:batch]
-            ctx.set_input_shape(name, tuple(view.shape))
-            ctx.set_tensor_address(name, view.data_ptr())
-        ctx.set_tensor_address(p["output"], p["buffers"][p["output"]][:batch].data_ptr())
-        p["bound_batch"] = batch
-
-    def _launch(self, part: str, batch: int) -> None:
-        p = self._parts[part]
-        self._bind(part, batch)
-        key = (part, batch)
-        if self._cuda_graphs and batch == 1:
-            graph = self._graphs.get(key)
-            if graph is None:
-                # TensorRT needs one plain enqueue before capture (it flushes deferred shape work).
-                p["context"].execute_async_v3(self.stream.cuda_stream)
-                self.stream.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
-                    p["context"].execute_async_v3(self.stream.cuda_stream)
-                self._graphs[key] = graph
-            graph.replay()
-        elif not p["context"].execute_async_v3(self.stream.cuda_stream):
-            raise BackendError(f"TensorRT {part} engine failed to enqueue")
-
-    def _run(self, part: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        p = self._parts[part]
-        batch = next(iter(arrays.values())).shape[0]
-        if batch > self.max_batch:
-            raise BackendError(f"batch {batch} exceeds the engine's max batch {self.max_batch}; rebuild with --max-batch")
-        with torch.cuda.stream(self.stream):
-            for name, array in arrays.items():
-                p["buffers"][name][:batch].copy_(torch.from_numpy(np.ascontiguousarray(array)), non_blocking=False)
-            self._launch(part, batch)
-            out = p["host_out"][:batch]
-            out.copy_(p["buffers"][p["output"]][:batch], non_blocking=True)
-        self.stream.synchronize()
-        return out.numpy().copy()
-
-    def features(self, frames: np.ndarray, text_tokens: np.ndarray) -> np.ndarray:
-        return self._run("features", {"frames": frames.astype(np.float32, copy=False),
-                                      "text_tokens": text_tokens.astype(np.int64, copy=False)})
-
-    def sample(self, features: np.ndarray, state: np.ndarray, noise: np.ndarray, prefix: np.ndarray,
-               prefix_weight: np.ndarray) -> np.ndarray:
-        arrays = dict(zip(SAMPLER_INPUTS, (features, state, noise, prefix, prefix_weight)))
-        return self._run("sampler", {k: v.astype(np.float32, copy=False) for k, v in arrays.items()})
-
-
-# -------------------------------------------------------------------------------------- selection
 
 
 def _onnx_ready(engines_dir: Path | None, sha: str) -> tuple[dict[str, Any] | None, str]:
@@ -331,6 +108,13 @@ def select_backend(ckpt: str | Path, backend: str = "auto", device: str | None =
         if entry is None:
             raise BackendError(f"--backend tensorrt: {why}; build with `dit4dit-export --ckpt {ckpt} --out DIR --tensorrt yes`")
         return BackendChoice("tensorrt", device, f"requested; engine {entry['key']} ({entry['precision']})")
+    if backend == "compiled":
+        if device != "cuda":
+            raise BackendError(COMPILED_ON_CPU)
+        ok, why = compiled_available()
+        if not ok:
+            raise BackendError(f"--backend compiled: {why}")
+        return BackendChoice("compiled", device, "requested")
     if backend == "onnxruntime":
         manifest, why = _onnx_ready(engines, sha)
         return BackendChoice("onnxruntime", device, "requested" + ("" if manifest else f"; exporting now ({why})"))
@@ -339,26 +123,46 @@ def select_backend(ckpt: str | Path, backend: str = "auto", device: str | None =
         entry, why = _tensorrt_ready(engines, sha)
         if entry is not None:
             return BackendChoice("tensorrt", device, f"auto: matching engine {entry['key']} ({entry['precision']})")
-        return BackendChoice("torch", device, f"auto: no TensorRT engine ({why})")
+        ok, why_not_compiled = compiled_available()
+        if ok:
+            return BackendChoice("compiled", device, f"auto: no TensorRT engine ({why})")
+        return BackendChoice("torch", device, f"auto: no TensorRT engine ({why}); not compiled ({why_not_compiled})")
     manifest, why = _onnx_ready(engines, sha)
     if manifest is not None:
         return BackendChoice("onnxruntime", device, f"auto: ONNX graphs in {engines} match the checkpoint and passed parity")
     return BackendChoice("torch", device, f"auto: no ONNX graphs ({why})")
 
 
-def make_engine(choice: BackendChoice, ckpt: str | Path, policy: Any, engines_dir: str | Path | None) -> Any:
-    """The engine for `choice` (the torch engine is the one the Policy already has)."""
+def gated_compiled_engine(model: Any, device: str) -> Any:
+    """A CompiledEngine for `model` that passed the parity gate against `model` itself (eager fp32)."""
+    from .compiled_engine import CompiledEngine
+
+    engine = CompiledEngine(model, device)
+    reports = engine_parity(engine, model, batch=1)
+    for r in reports:
+        log.info("parity %s", r.line())
+    failed = [r.line() for r in reports if not r.passed]
+    if failed:
+        raise BackendError(f"the compiled engine failed the parity gate: {'; '.join(failed)}")
+    return engine
+
+
+def make_engine(choice: BackendChoice, ckpt: str | Path, policy: Any, engines_dir: str | Path | None,
+                threads: int | None = None) -> Any:
+    """The engine for `choice` (the torch engine is the one the Policy already has); threads: ONNX Runtime's
+    intra-op threads on cpu (default: its own choice)."""
     if choice.backend == "torch":
         return policy.engine
+    if choice.backend == "compiled":
+        return gated_compiled_engine(policy.model, choice.device)
     engines = Path(engines_dir) if engines_dir is not None else _default_engines_dir(ckpt)
     sha = checkpoint_sha256(ckpt)
     manifest, _ = _onnx_ready(engines, sha)
     if manifest is None:
-        from .export import export
-
         manifest = export(ckpt, engines, tensorrt=False)
     if choice.backend == "onnxruntime":
-        return OnnxRuntimeEngine(engines / manifest["onnx"]["features"], engines / manifest["onnx"]["sampler"], device=choice.device)
+        return OnnxRuntimeEngine(engines / manifest["onnx"]["features"], engines / manifest["onnx"]["sampler"],
+                                 device=choice.device, threads=threads if choice.device == "cpu" else None)
     entry, why = _tensorrt_ready(engines, sha)
     if entry is None:
         raise BackendError(why)
@@ -373,15 +177,23 @@ def _default_engines_dir(ckpt: str | Path) -> Path:
 
 
 def load_policy(ckpt: str | Path, backend: str = "auto", device: str | None = None,
-                engines_dir: str | Path | None = None) -> tuple[Any, BackendChoice]:
-    """Policy.from_checkpoint with the engine chosen by the selection rule."""
+                engines_dir: str | Path | None = None, threads: int | None = None) -> tuple[Any, BackendChoice]:
+    """Policy.from_checkpoint with the engine chosen by the selection rule. Under auto, a compiled engine that
+    fails to build or to pass the gate falls back to torch, and the choice's reason says so."""
     from .inference import Policy
 
     choice = select_backend(ckpt, backend, device, engines_dir)
-    policy = Policy.from_checkpoint(ckpt, device=choice.device if choice.backend == "torch" else "cpu")
-    policy.engine = make_engine(choice, ckpt, policy, engines_dir)
+    on_device = choice.backend in ("torch", "compiled")
+    policy = Policy.from_checkpoint(ckpt, device=choice.device if on_device else "cpu")
+    try:
+        policy.engine = make_engine(choice, ckpt, policy, engines_dir, threads)
+    except Exception as exc:  # noqa: BLE001 - inductor and Triton raise many kinds
+        if backend != "auto" or choice.backend != "compiled":
+            raise
+        log.warning("compiled engine unusable (%s: %s); serving eager torch", type(exc).__name__, exc)
+        choice = BackendChoice("torch", choice.device, f"{choice.reason}; compiled failed ({type(exc).__name__}: {exc})")
     return policy, choice
 
 
-__all__ = ["BACKENDS", "BackendChoice", "BackendError", "OnnxRuntimeEngine", "TensorRTEngine", "build_tensorrt_engines",
-           "load_policy", "make_engine", "select_backend", "tensorrt_available", "write_manifest"]
+__all__ = ["BACKENDS", "BackendChoice", "BackendError", "OnnxRuntimeEngine", "TensorRTEngine", "compiled_available",
+           "gated_compiled_engine", "load_policy", "make_engine", "select_backend", "tensorrt_available"]

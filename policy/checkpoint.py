@@ -136,15 +136,12 @@ def perturb_zero_init(model: torch.nn.Module, std: float, generator: torch.Gener
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 
-def make_random_checkpoint(path: str | Path, preset: str = "tiny", *, state_names: Sequence[str] | None = None,
-                           action_names: Sequence[str] | None = None, instructions: Sequence[str] | None = None,
-                           control_rate_hz: float = 30.0, action_std: float = 0.05, seed: int = 0,
-                           **overrides: Any) -> Path:
-    """An untrained but valid checkpoint for tests of the server and controller.
-
-    Defaults: the 14 G1 arm joints (g1_spec order) as state and actions, normalisation centred on the home pose
-    with std `action_std` rad, so sampled chunks stay near home. Zero-initialised layers get small random
-    weights so outputs depend on the inputs (images, state, instruction, noise)."""
+def random_policy_parts(preset: str = "tiny", *, state_names: Sequence[str] | None = None,
+                        action_names: Sequence[str] | None = None, instructions: Sequence[str] | None = None,
+                        control_rate_hz: float = 30.0, action_std: float = 0.05, seed: int = 0,
+                        device: str | torch.device = "cpu", **overrides: Any) -> tuple[DiT4DiT, Vocabulary, dict[str, Any]]:
+    """(model, vocabulary, metadata) of an untrained but valid policy; see make_random_checkpoint.
+    device: where the model is built (a paper-shape model is built much faster on the GPU)."""
     from dit4dit.drivers import g1_spec
 
     arm = [g1_spec.JOINT_NAMES[i] for i in g1_spec.ARM_JOINTS]
@@ -154,7 +151,8 @@ def make_random_checkpoint(path: str | Path, preset: str = "tiny", *, state_name
     cfg = preset_config(preset, state_dim=len(state_names), action_dim=len(action_names), **overrides)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DiT4DiT(cfg)
+    with torch.device(device):
+        model = DiT4DiT(cfg)
     perturb_zero_init(model, 0.02, g)
     vocab = Vocabulary.build(instructions, cfg.max_text_len, cfg.vocab_size)
 
@@ -167,5 +165,20 @@ def make_random_checkpoint(path: str | Path, preset: str = "tiny", *, state_name
     metadata = build_metadata(cfg, state_names=state_names, action_names=action_names, state_norm=state_norm,
                               action_norm=action_norm, control_rate_hz=control_rate_hz, instructions=instructions,
                               training={"random": True, "seed": seed, "steps": 0})
+    return model, vocab, metadata
+
+
+def make_random_checkpoint(path: str | Path, preset: str = "tiny", *, state_names: Sequence[str] | None = None,
+                           action_names: Sequence[str] | None = None, instructions: Sequence[str] | None = None,
+                           control_rate_hz: float = 30.0, action_std: float = 0.05, seed: int = 0,
+                           **overrides: Any) -> Path:
+    """An untrained but valid checkpoint for tests of the server and controller.
+
+    Defaults: the 14 G1 arm joints (g1_spec order) as state and actions, normalisation centred on the home pose
+    with std `action_std` rad, so sampled chunks stay near home. Zero-initialised layers get small random
+    weights so outputs depend on the inputs (images, state, instruction, noise)."""
+    model, vocab, metadata = random_policy_parts(preset, state_names=state_names, action_names=action_names,
+                                                 instructions=instructions, control_rate_hz=control_rate_hz,
+                                                 action_std=action_std, seed=seed, **overrides)
     save_checkpoint(path, model, vocab, metadata)
     return Path(path)

@@ -188,6 +188,25 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the model's dtype: wide rows overflow or drift in fp16/bf16.
+    In a float32 model the casts are no-ops (and export as nothing)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm in float32 whatever the model's dtype (see LayerNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention of x (B, N, D) over a context (B, M, Dc); self-attention when context is None."""
 
@@ -197,6 +216,9 @@ class Attention(nn.Module):
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(context_width or width, 2 * width)
         self.out = nn.Linear(width, width)
+        # Spelled out with the softmax in float32, for ONNX graphs in fp16/bf16 (there SDPA exports as a
+        # half-precision softmax). Fused SDPA kernels already accumulate in float32, so torch keeps SDPA.
+        self.explicit_fp32_softmax = False
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
@@ -204,7 +226,13 @@ class Attention(nn.Module):
         M = context.shape[1]
         q = self.q(x).reshape(B, N, self.heads, D // self.heads).transpose(1, 2)  # (B, h, N, d)
         k, v = self.kv(context).reshape(B, M, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, M, d)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, d); mask (B, 1, 1, M) True = attend
+        if self.explicit_fp32_softmax and q.dtype != torch.float32:
+            scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)  # (B, h, N, M)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            y = scores.softmax(dim=-1).to(q.dtype) @ v  # (B, h, N, d)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, d); mask (B, 1, 1, M) True = attend
         return self.out(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
 
@@ -215,7 +243,10 @@ class Mlp(nn.Sequential):
 
 
 class TimestepEmbedder(nn.Module):
-    """Flow time t in [0, 1] -> vector (sinusoids of 1000 t, then an MLP)."""
+    """Flow time t in [0, 1] -> vector (sinusoids of 1000 t, then an MLP).
+
+    Kept in float32 in reduced-precision models (`to_reduced_precision`): 1000 t in fp16 is coarse enough to
+    blur neighbouring Euler times. Callers cast the result to their own dtype."""
 
     def __init__(self, width: int, frequency_dim: int = 256) -> None:
         super().__init__()
@@ -239,11 +270,11 @@ class DiTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, context_width: int, mlp_ratio: float, adaln_rank: int = 0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm1 = LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm2 = LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.cross = Attention(width, heads, context_width)
-        self.norm3 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm3 = LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(width, mlp_ratio)
         self.ada = adaln_projection(width, 9, adaln_rank)
 
@@ -269,7 +300,7 @@ def adaln_projection(width: int, n: int, rank: int) -> nn.Sequential:
 class FinalLayer(nn.Module):
     def __init__(self, width: int, out_dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm = LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, out_dim)
 
@@ -325,14 +356,14 @@ class FrameAutoencoder(nn.Module):
         chans = [width * min(2**i, 4) for i in range(levels + 1)]
         enc: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, padding=1)]
         for i in range(levels):
-            enc += [nn.GroupNorm(min(8, chans[i]), chans[i]), nn.SiLU(), nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1)]
-        enc += [nn.GroupNorm(min(8, chans[-1]), chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], latent_channels, 1)]
+            enc += [GroupNorm(min(8, chans[i]), chans[i]), nn.SiLU(), nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1)]
+        enc += [GroupNorm(min(8, chans[-1]), chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], latent_channels, 1)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(latent_channels, chans[-1], 3, padding=1)]
         for i in reversed(range(levels)):
-            dec += [nn.GroupNorm(min(8, chans[i + 1]), chans[i + 1]), nn.SiLU(),
+            dec += [GroupNorm(min(8, chans[i + 1]), chans[i + 1]), nn.SiLU(),
                     nn.ConvTranspose2d(chans[i + 1], chans[i], 4, 2, 1)]
-        dec += [nn.GroupNorm(min(8, chans[0]), chans[0]), nn.SiLU(), nn.Conv2d(chans[0], 3, 3, padding=1)]
+        dec += [GroupNorm(min(8, chans[0]), chans[0]), nn.SiLU(), nn.Conv2d(chans[0], 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
@@ -367,9 +398,9 @@ class FrameAutoencoder(nn.Module):
 class EncoderBlock(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = LayerNorm(width)
         self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = LayerNorm(width)
         self.mlp = Mlp(width, 4.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -389,7 +420,7 @@ class TextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
         self.blocks = nn.ModuleList([EncoderBlock(width, heads) for _ in range(depth)])
-        self.norm = nn.LayerNorm(width)
+        self.norm = LayerNorm(width)
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,7 +477,7 @@ class VideoDiT(nn.Module):
         """latents (B, T, C, h, w), frame_times (B, T'), text (B, L, Wt) -> future velocity (B, Tf, C, h, w);
         with depth=k: the hidden states after block k, (B, N, D), and nothing after it is computed."""
         x = self.patch_embed(self.patchify(latents)) + self.pos  # (B, N, D)
-        c = self.time_embed(frame_times)  # (B, T', D)
+        c = self.time_embed(frame_times).to(x.dtype)  # (B, T', D)
         for block in self.blocks[: depth or len(self.blocks)]:
             x = block(x, c, text, text_mask)  # (B, N, D)
         if depth is not None:
@@ -511,25 +542,25 @@ class ActionDiT(nn.Module):
         self.action_encoder = nn.Linear(cfg.action_dim, D)
         self.action_pos = nn.Parameter(torch.randn(1, cfg.chunk_length, D) * 0.02)
         self.queries = nn.Parameter(torch.randn(1, cfg.num_query_tokens, D) * 0.02)
-        self.condition_proj = nn.Sequential(nn.Linear(cfg.condition_width, D), nn.LayerNorm(D))
+        self.condition_proj = nn.Sequential(nn.Linear(cfg.condition_width, D), LayerNorm(D))
         self.time_embed = TimestepEmbedder(D)
         self.blocks = nn.ModuleList([DiTBlock(D, cfg.action_heads, D, cfg.mlp_ratio, cfg.adaln_rank) for _ in range(cfg.action_depth)])
         self.final = FinalLayer(D, cfg.action_dim)
         zero_init_adaln([*self.blocks, self.final])
 
     def project_condition(self, features: torch.Tensor) -> torch.Tensor:
-        return self.condition_proj(features)  # (B, N, D)
+        return self.condition_proj(features.to(self.action_encoder.weight.dtype))  # (B, N, D)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, state: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """x_t (B, H, A), t (B,), state (B, S), condition (B, N, D) already projected -> velocity (B, H, A)."""
-        B = x_t.shape[0]
-        s = self.state_encoder(state).reshape(B, self.cfg.num_state_tokens, -1)  # (B, Ns, D)
-        a = self.action_encoder(x_t) + self.action_pos  # (B, H, D)
+        B, dtype = x_t.shape[0], self.action_encoder.weight.dtype  # the Euler state may be wider than the network
+        s = self.state_encoder(state.to(dtype)).reshape(B, self.cfg.num_state_tokens, -1)  # (B, Ns, D)
+        a = self.action_encoder(x_t.to(dtype)) + self.action_pos  # (B, H, D)
         x = torch.cat([s, self.queries.expand(B, -1, -1), a], dim=1)  # (B, Ns + Q + H, D)
-        c = self.time_embed(t).unsqueeze(1)  # (B, 1, D)
+        c = self.time_embed(t).to(dtype).unsqueeze(1)  # (B, 1, D)
         for block in self.blocks:
-            x = block(x, c, condition, None)  # (B, Ns + Q + H, D)
-        return self.final(x[:, -self.cfg.chunk_length :], c)  # (B, H, A)
+            x = block(x, c, condition.to(dtype), None)  # (B, Ns + Q + H, D)
+        return self.final(x[:, -self.cfg.chunk_length :], c).to(x_t.dtype)  # (B, H, A)
 
 
 #################################################################################
@@ -609,6 +640,31 @@ class DiT4DiT(nn.Module):
         return w * prefix + (1.0 - w) * x  # (B, H, A)
 
 
+REDUCED_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def to_reduced_precision(model: DiT4DiT, precision: str, for_onnx: bool = False) -> DiT4DiT:
+    """`model` in fp16 or bf16, in place, with what drifts in half precision kept in float32: every norm
+    (computed in fp32 by LayerNorm/GroupNorm above) and the flow-time embedding. The graphs' inputs and
+    outputs stay float32 (FeatureNet casts at its boundary, ActionDiT around its network), and so does the
+    Euler state of the action sampler.
+
+    for_onnx: also spell the attention softmax out in fp32 (SDPA would export as a half-precision softmax),
+    and keep the convolutional frame tokenizer in fp32 under bf16 (ONNX's Conv has no bfloat16 before opset 22)."""
+    if precision not in REDUCED_PRECISIONS:
+        raise ValueError(f"unknown reduced precision {precision!r}; choose one of {sorted(REDUCED_PRECISIONS)}")
+    model.to(REDUCED_PRECISIONS[precision])
+    if for_onnx and precision == "bf16":
+        model.tokenizer.float()
+    explicit_fp32_softmax = for_onnx
+    for module in model.modules():
+        if isinstance(module, TimestepEmbedder):
+            module.float()
+        if isinstance(module, Attention):
+            module.explicit_fp32_softmax = explicit_fp32_softmax
+    return model
+
+
 def _on_meta() -> bool:
     return torch.empty(0).device.type == "meta"
 
@@ -622,7 +678,9 @@ class FeatureNet(nn.Module):
 
     def forward(self, frames: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
         text, mask = self.model.text(text_tokens)  # (B, L, Wt)
-        return self.model.condition(self.model.encode_frames(frames), text, mask)  # (B, N, D)
+        # float32 in and out whatever the model's dtype; the tokenizer may have its own (see to_reduced_precision)
+        latents = self.model.encode_frames(frames.to(self.model.tokenizer.latent_mean.dtype)).to(text.dtype)
+        return self.model.condition(latents, text, mask).float()  # (B, N, D)
 
 
 class ActionSampler(nn.Module):

@@ -25,6 +25,7 @@ import argparse
 import hmac
 import logging
 import math
+import os
 import re
 import signal
 import threading
@@ -129,6 +130,7 @@ class _Pending:
     envelope: list[bytes]  # routing frames to send the reply back
     request: protocol.Request
     received: float  # time.perf_counter() at receipt
+    parse_s: float = 0.0  # msgpack parse and envelope checks, in the socket thread
 
 
 class _FairQueue:
@@ -197,7 +199,7 @@ class _Job:
     obs: dict[str, Any]
     noise: np.ndarray
     prefix: tuple[np.ndarray, int] | None
-    preprocess_s: float
+    decode_s: float  # the request's parse, plus decoding and validating its arrays
     signature: tuple = field(default_factory=tuple)
 
 
@@ -224,6 +226,7 @@ class PolicyServer:
         seed: int | None = None,
         max_queue: int = 64,
         max_queue_per_client: int = 4,
+        profiler: Any = None,
     ) -> None:
         if token is not None and len(token) < 8:
             raise ValueError("--token must be at least 8 characters; a short shared secret is guessable")
@@ -260,6 +263,7 @@ class PolicyServer:
         self._error: BaseException | None = None
         self.last_endpoint: str | None = None
         self._stats = ServerStats()
+        self._profiler = profiler  # policy.profiling.RequestProfiler (begin/end around each policy call) or None
 
     # ------------------------------------------------------------------------------------ running
 
@@ -363,6 +367,7 @@ class PolicyServer:
         envelope = [f.bytes if isinstance(f, zmq.Frame) else f for f in frames[:-1]]
         payload = frames[-1].buffer if isinstance(frames[-1], zmq.Frame) else frames[-1]
         request_id = None
+        t0 = time.perf_counter()
         try:
             request = protocol.parse_request(payload, self.max_message_bytes)
             request_id = request.id
@@ -380,7 +385,8 @@ class PolicyServer:
                     reset()
                 return envelope + [protocol.pack_reply(request.id, {})]
             if request.endpoint == "infer":
-                self._enqueue(_Pending(envelope, request, time.perf_counter()))
+                now = time.perf_counter()
+                self._enqueue(_Pending(envelope, request, now, now - t0))
                 return None
             raise ProtocolError(
                 "endpoint", f"unknown endpoint {request.endpoint!r}; known: {list(protocol.ENDPOINTS)}", protocol.E_UNKNOWN_ENDPOINT
@@ -516,7 +522,7 @@ class PolicyServer:
             tuple(sorted((k, v.shape) for k, v in obs["images"].items())),
             None if prefix is None else (prefix[0].shape, prefix[1]),
         )
-        return _Job(pending, obs, noise, prefix, time.perf_counter() - t0, signature)
+        return _Job(pending, obs, noise, prefix, pending.parse_s + time.perf_counter() - t0, signature)
 
     def _refuse_far_from_training(self, values: np.ndarray, trained: _TrainedRange | None) -> None:
         """Absurd but finite input (1e30, float32 max) would come back as NaN actions: refuse it, naming the joint."""
@@ -546,6 +552,8 @@ class PolicyServer:
 
     def _run(self, jobs: list[_Job], started: float) -> list[tuple[_Pending, bytes]]:
         t0 = time.perf_counter()
+        if self._profiler is not None:
+            self._profiler.begin()
         try:
             if len(jobs) == 1:
                 job = jobs[0]
@@ -560,13 +568,16 @@ class PolicyServer:
         except Exception as exc:
             log.exception("policy inference failed")
             return [(j.pending, protocol.pack_error(j.pending.request.id, protocol.E_INTERNAL, "", f"{type(exc).__name__}: {exc}")) for j in jobs]
+        finally:
+            if self._profiler is not None:
+                self._profiler.end()
         call_s = time.perf_counter() - t0
-        # With the engine timed: inference = the networks, and the policy's own preprocessing (resize,
-        # normalise, tokenise) counts as preprocess. Otherwise the whole policy call is inference.
+        # With the engine timed: the networks are features + sample, and the rest of the policy call (resize,
+        # normalise, tokenise, un-normalise) is preprocess. Otherwise the whole policy call is inference.
         network_s = call_s if self._timed is None else self._timed.features_s + self._timed.sample_s
-        extra: dict[str, float] = {}
+        split: dict[str, float] = {}
         if self._timed is not None:
-            extra = {"features": self._timed.features_s, "sample": self._timed.sample_s}
+            split = {"features": self._timed.features_s, "sample": self._timed.sample_s}
         replies = []
         for job, actions in zip(jobs, outputs):
             actions = np.asarray(actions, dtype=np.float32)
@@ -576,15 +587,19 @@ class PolicyServer:
                 replies.append((job.pending, self._non_finite_error(job, actions)))
                 continue
             self._stats.served += 1
+            t_encode = time.perf_counter()
+            encoded = protocol.encode_array(actions, "actions")
             timing = {
                 "queue": started - job.pending.received,
-                "preprocess": job.preprocess_s + (call_s - network_s),
+                "decode": job.decode_s,
+                "preprocess": call_s - network_s,
+                **split,
                 "inference": network_s,
-                **extra,
+                "encode": time.perf_counter() - t_encode,
                 "batch": len(jobs),
-                "total": time.perf_counter() - job.pending.received,
             }
-            replies.append((job.pending, protocol.pack_reply(job.pending.request.id, {"actions": protocol.encode_array(actions, "actions"), "timing": timing})))
+            timing["total"] = time.perf_counter() - job.pending.received
+            replies.append((job.pending, protocol.pack_reply(job.pending.request.id, {"actions": encoded, "timing": timing})))
         return replies
 
     def _infer_batch(self, jobs: list[_Job]) -> np.ndarray:
@@ -714,9 +729,10 @@ def make_curve_keys(key_dir: str | Path, clients: Sequence[str] = ("client",)) -
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dit4dit-serve", description="Serve a DiT4DiT policy over ZeroMQ (docs/protocol.md).")
     p.add_argument("--ckpt", type=Path, help="checkpoint (.pt) to serve")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "torch", "onnxruntime"],
-                   help="auto: TensorRT if a matching engine is in --engines, else torch on cuda; on cpu ONNX Runtime "
-                        "if exported graphs matching the checkpoint are in --engines, else torch")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "compiled", "torch", "onnxruntime"],
+                   help="auto: on cuda TensorRT if a matching engine is in --engines, else compiled (torch.compile + "
+                        "CUDA graphs + bf16), else torch; on cpu ONNX Runtime if exported graphs matching the "
+                        "checkpoint are in --engines, else torch (policy/backends.py)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default localhost only)")
     p.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda if available")
     p.add_argument("--engines", type=Path, default=None, help="folder written by dit4dit-export (ONNX graphs, TensorRT engines)")
@@ -730,6 +746,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="most infer requests waiting in all; beyond it: busy")
     p.add_argument("--max-queue-per-client", type=int, default=4,
                    help="most infer requests waiting from one client; its excess gets busy, the others keep their turn")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the policy (torch and ONNX Runtime). Default: half the cores, at least 1: "
+                        "the socket thread and, on a robot's PC, the controller need the rest (on 2 cores, 2 torch "
+                        "threads made the served small policy 2.6x slower than 1; bench/bench_serving.py)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="write a torch profiler trace of the first --profile-requests policy calls to DIR")
+    p.add_argument("--profile-requests", type=int, default=50, metavar="N", help="policy calls in the --profile trace")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -751,19 +774,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from dit4dit.policy.backends import BackendError, load_policy  # torch is imported only here
     from dit4dit.policy.checkpoint import CheckpointError
-    from dit4dit.policy.export import ParityError
+    from dit4dit.policy.graphs import ParityError
 
+    threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 2) // 2)
+    if threads < 1:
+        raise SystemExit(f"dit4dit-serve: --threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
     try:
-        policy, choice = load_policy(args.ckpt, backend=args.backend, device=args.device, engines_dir=args.engines)
+        policy, choice = load_policy(args.ckpt, backend=args.backend, device=args.device, engines_dir=args.engines,
+                                     threads=threads)
     except (BackendError, CheckpointError, ParityError) as exc:
         raise SystemExit(f"dit4dit-serve: {exc}") from None
     max_batch = min(args.max_batch, int(getattr(policy.engine, "max_batch", args.max_batch)))  # TensorRT profiles cap it
-    batch, single, per_item = measure_batching(policy, max_batch)
+    batch, single, per_item = measure_batching(policy, max_batch)  # also compiles the compiled engine's batch sizes
     log.info("batching: %.1f ms per request alone, %.1f ms per request in a batch of %d -> max batch %d",
              single * 1e3, per_item * 1e3, max_batch, batch)
+    profiler = None
+    if args.profile is not None:
+        from dit4dit.policy.profiling import RequestProfiler
+
+        try:
+            profiler = RequestProfiler(args.profile, args.profile_requests)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"dit4dit-serve: --profile: {exc}") from None
     server = PolicyServer(policy, args.bind, token=args.token, curve_keys=args.curve_keys, max_batch=batch,
                           backend=choice.backend, seed=args.seed, max_queue=args.max_queue,
-                          max_queue_per_client=args.max_queue_per_client)
+                          max_queue_per_client=args.max_queue_per_client, profiler=profiler)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     try:

@@ -13,10 +13,11 @@ import onnx
 import pytest
 import torch
 
-from dit4dit.policy import backends, export
+from dit4dit.policy import backends, export, graphs, tensorrt_engine
 from dit4dit.policy.checkpoint import make_random_checkpoint
 from dit4dit.policy.inference import Policy
 from dit4dit.policy.model import ActionSampler, FeatureNet
+from dit4dit.policy.onnxruntime_engine import OnnxRuntimeEngine
 
 
 
@@ -39,6 +40,7 @@ def test_export_writes_gated_graphs_and_manifest(exported: tuple[Path, Path]) ->
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["checkpoint_sha256"] == export.checkpoint_sha256(ckpt)
     assert manifest["onnx"] == {"features": "features.onnx", "sampler": "sampler.onnx"}
+    assert manifest["graphs"]["fp32"]["passed"] and manifest["graphs"]["fp32"]["checked_in"] == "onnxruntime-cpu"
     assert {r["graph"] for r in manifest["parity"]} == {"features", "sampler", "policy", "displacement"}
     for r in manifest["parity"]:
         assert r["passed"] and r["cosine"] >= export.COSINE_GATE and r["max_abs_error"] < 1e-3
@@ -60,7 +62,7 @@ def test_dynamo_exporter_passes_the_gate(exported: tuple[Path, Path], tmp_path: 
     used = export._export_one(ActionSampler(model), tuple(inputs[n] for n in export.SAMPLER_INPUTS),
                               export.SAMPLER_INPUTS, "actions", tmp_path / "sampler.onnx", 2, "dynamo")
     assert used == "dynamo"
-    engine = backends.OnnxRuntimeEngine(out / "features.onnx", tmp_path / "sampler.onnx")
+    engine = OnnxRuntimeEngine(out / "features.onnx", tmp_path / "sampler.onnx")
     reports = export.engine_parity(engine, model, batch=2)
     assert all(r.passed for r in reports), [r.line() for r in reports]
 
@@ -69,7 +71,7 @@ def test_onnxruntime_engine_in_the_policy_matches_torch(exported: tuple[Path, Pa
     ckpt, out = exported
     reference = Policy.from_checkpoint(ckpt)
     policy = Policy.from_checkpoint(ckpt)
-    policy.engine = backends.OnnxRuntimeEngine(out / "features.onnx", out / "sampler.onnx")
+    policy.engine = OnnxRuntimeEngine(out / "features.onnx", out / "sampler.onnx")
     rng = np.random.default_rng(1)
     meta = policy.metadata
     obs = {"images": {"head": rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)},
@@ -92,7 +94,7 @@ def test_parity_gate_catches_a_wrong_graph(exported: tuple[Path, Path], tmp_path
     arr += np.random.default_rng(0).standard_normal(arr.shape).astype(np.float32) * 5 * (np.abs(arr).max() + 1e-3)
     widest.CopyFrom(onnx.numpy_helper.from_array(arr, widest.name))
     onnx.save(model, str(tmp_path / "sampler.onnx"))
-    engine = backends.OnnxRuntimeEngine(out / "features.onnx", tmp_path / "sampler.onnx")
+    engine = OnnxRuntimeEngine(out / "features.onnx", tmp_path / "sampler.onnx")
     torch_model = Policy.from_checkpoint(ckpt).model
     reports = {r.graph: r for r in export.engine_parity(engine, torch_model)}
     assert reports["features"].passed
@@ -121,6 +123,7 @@ def test_failed_gate_is_never_picked(exported: tuple[Path, Path], tmp_path: Path
     shutil.copytree(out, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["onnx"] = None  # what export writes when the gate fails
+    manifest["graphs"]["fp32"]["passed"] = False
     (copy / "manifest.json").write_text(json.dumps(manifest))
     choice = backends.select_backend(ckpt, "auto", "cpu", copy)
     assert choice.backend == "torch" and "failed the parity gate" in choice.reason
@@ -131,7 +134,7 @@ def test_export_is_cached_by_checkpoint_hash(exported: tuple[Path, Path]) -> Non
     before = (out / "sampler.onnx").stat().st_mtime_ns
     proc = subprocess.run([sys.executable, "-m", "dit4dit.policy.export", "--ckpt", str(ckpt), "--out", str(out),
                            "--max-batch", "4", "--tensorrt", "no"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "already match" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "fp32 ONNX graphs" in proc.stdout and "already match" in proc.stdout, proc.stdout + proc.stderr
     assert (out / "sampler.onnx").stat().st_mtime_ns == before
 
 
@@ -169,9 +172,146 @@ def test_tensorrt_engines_pass_the_gate_and_are_cached(exported: tuple[Path, Pat
     ckpt, out = exported
     copy = tmp_path / "engines"
     shutil.copytree(out, copy)
-    manifest = export.export(ckpt, copy, max_batch=4, tensorrt=True, precision="fp32")
+    manifest = export.export(ckpt, copy, max_batch=4, tensorrt=True, precision="fp16")
     entry = manifest["tensorrt"][0]
-    assert entry["passed"] and entry["gpu"] == torch.cuda.get_device_name()
-    again = export.export(ckpt, copy, max_batch=4, tensorrt=True, precision="fp32")
+    assert entry["passed"] and entry["gpu"] == torch.cuda.get_device_name() and entry["precision"] == "fp16"
+    again = export.export(ckpt, copy, max_batch=4, tensorrt=True, precision="fp16")
     assert again["tensorrt"][0]["build_s"] == entry["build_s"]  # reused, not rebuilt
     assert backends.select_backend(ckpt, "auto", "cuda", copy).backend == "tensorrt"
+
+
+# ----------------------------------------------------------------------------- reduced precision
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every value the graph declares (inputs, outputs, initializers, inferred values)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input,
+                                                          *inferred.graph.output]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+def _op_input_types(model: onnx.ModelProto, op: str) -> set[int]:
+    types = _tensor_types(model)
+    return {types[n.input[0]] for n in model.graph.node if n.op_type == op and n.input[0] in types}
+
+
+def _matmuls_by_type(model: onnx.ModelProto) -> dict[int, list[str]]:
+    types = _tensor_types(model)
+    out: dict[int, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm"):
+            out.setdefault(types.get(n.input[0], 0), []).append(n.name)
+    return out
+
+
+def _assert_reduced_matmuls(model: onnx.ModelProto, low: int) -> None:
+    """Every matmul in the low precision, except the flow-time embedding's, which stays float32 by design."""
+    by_type = _matmuls_by_type(model)
+    assert set(by_type) <= {low, onnx.TensorProto.FLOAT} and len(by_type.get(low, [])) > 0, by_type
+    assert all("time_embed" in name for name in by_type.get(onnx.TensorProto.FLOAT, [])), by_type
+
+
+@pytest.fixture(scope="module")
+def exported_fp16(exported: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    ckpt, out = exported
+    copy = tmp_path_factory.mktemp("fp16") / "engines"
+    shutil.copytree(out, copy)  # the fp32 graphs are reused (same checkpoint): only the fp16 ones are exported
+    manifest = export.export(ckpt, copy, max_batch=4, precision="fp16", exporter="torchscript")
+    return ckpt, copy, manifest
+
+
+def test_fp16_graphs_carry_their_precision_and_pass_the_gate_in_onnxruntime(exported_fp16) -> None:
+    """What TensorRT (strongly typed) receives: fp16 matmuls, fp32 norms and softmax, float32 in and out,
+    checked against PyTorch float32 in ONNX Runtime before any TensorRT build."""
+    ckpt, out, manifest = exported_fp16
+    entry = manifest["graphs"]["fp16"]
+    assert entry["features"] == "features.fp16.onnx" and entry["sampler"] == "sampler.fp16.onnx"
+    assert entry["passed"] and entry["checked_in"] == "onnxruntime-cpu"
+    assert {r["graph"] for r in entry["parity"]} == {"features", "sampler", "policy", "displacement"}
+    assert all(r["cosine"] >= graphs.COSINE_GATE for r in entry["parity"])
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    for name in (entry["features"], entry["sampler"]):
+        model = onnx.load(str(out / name))
+        assert all(i.type.tensor_type.elem_type in (F32, onnx.TensorProto.INT64) for i in model.graph.input)
+        assert all(o.type.tensor_type.elem_type == F32 for o in model.graph.output)
+        _assert_reduced_matmuls(model, F16)
+        assert _op_input_types(model, "LayerNormalization") == {F32}, name
+        assert _op_input_types(model, "Softmax") == {F32}, name
+    # the fp16 graphs serve too, and agree with the float32 ones
+    policy = Policy.from_checkpoint(ckpt)
+    reference = Policy.from_checkpoint(ckpt)
+    policy.engine = OnnxRuntimeEngine(out / entry["features"], out / entry["sampler"])
+    obs = {"images": {"head": np.full((32, 32, 3), 120, np.uint8)},
+           "state": np.asarray(policy.metadata["normalization"]["state"]["mean"], np.float32),
+           "instruction": "pick up the red block"}
+    noise = np.random.default_rng(3).standard_normal((8, 14)).astype(np.float32)
+    want, got = reference.infer(obs, noise=noise), policy.infer(obs, noise=noise)
+    cosine, _ = graphs.compare(want - want.mean(), got - want.mean())
+    assert cosine >= graphs.COSINE_GATE
+
+
+def test_bf16_graphs_are_checked_where_onnxruntime_cannot_run_them(exported_fp16) -> None:
+    ckpt, out, _ = exported_fp16
+    manifest = export.export(ckpt, out, max_batch=4, precision="bf16", exporter="torchscript")
+    entry = manifest["graphs"]["bf16"]
+    assert entry["passed"] and entry["checked_in"].startswith("torch-bf16")
+    assert manifest["graphs"]["fp16"]["passed"]  # earlier precisions are kept
+    model = onnx.load(str(out / entry["sampler"]))
+    _assert_reduced_matmuls(model, onnx.TensorProto.BFLOAT16)
+    assert _op_input_types(model, "LayerNormalization") == {onnx.TensorProto.FLOAT}
+
+
+def test_tensorrt_build_uses_no_weak_typing_api() -> None:
+    """TensorRT 11 removed every precision builder flag and the per-layer precision hints; none may appear."""
+    import ast
+
+    tree = ast.parse(Path(tensorrt_engine.__file__).read_text())
+    removed = {"FP16", "BF16", "FP8", "INT8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
+               "DIRECT_IO"}
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Attribute) and n.value.attr == "BuilderFlag"}
+    assert not used & removed, used & removed
+    setters = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("set_output_type", "precision")}
+    assert not setters, setters
+    assert "STRONGLY_TYPED" in Path(tensorrt_engine.__file__).read_text()
+
+
+def test_fp8_is_not_offered(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, _ = exported
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.policy.export", "--ckpt", str(ckpt), "--out", str(tmp_path),
+                           "--precision", "fp8"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice: 'fp8'" in proc.stderr
+
+
+def test_compiled_backend_is_not_offered_on_cpu(exported: tuple[Path, Path]) -> None:
+    ckpt, out = exported
+    with pytest.raises(backends.BackendError, match="measured it slower than ONNX Runtime"):
+        backends.select_backend(ckpt, "compiled", "cpu", out)
+    assert backends.select_backend(ckpt, "auto", "cpu", None).backend == "torch"
+
+
+@pytest.mark.slow
+def test_compiled_engine_passes_the_parity_gate(exported: tuple[Path, Path]) -> None:
+    """The same CompiledEngine the server uses on CUDA (there with bf16 and CUDA graphs), here float32 on CPU:
+    inductor really compiles both graphs (C++ code generation) and the gate compares it with eager."""
+    from dit4dit.policy.compiled_engine import CompiledEngine
+
+    ckpt, _ = exported
+    model = Policy.from_checkpoint(ckpt).model
+    engine = CompiledEngine(model, "cpu")
+    assert engine.name == "compiled-fp32"
+    reports = graphs.engine_parity(engine, model, batch=1)
+    assert all(r.passed for r in reports), [r.line() for r in reports]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 + CUDA graphs)")
+def test_compiled_bf16_cuda_graphs_pass_the_gate_and_auto_picks_them(exported: tuple[Path, Path]) -> None:
+    ok, why = backends.compiled_available()
+    if not ok:
+        pytest.skip(why)
+    ckpt, _ = exported
+    policy, choice = backends.load_policy(ckpt, "auto", "cuda", None)
+    assert choice.backend == "compiled" and policy.engine.name == "compiled-bf16-cudagraphs", choice

@@ -65,8 +65,12 @@ def test_serves_the_real_policy_and_matches_it_in_process(serve, ckpt: Path) -> 
         obs = observation(meta, 1.0)
         result = client.infer(obs, seed=123)
         assert result.actions.shape == (8, 14) and result.actions.dtype == np.float32
-        assert {"queue", "preprocess", "inference", "features", "sample", "total"} <= set(result.timing)
-        assert result.timing["total"] >= result.timing["inference"] > 0
+        parts = ("queue", "decode", "preprocess", "features", "sample", "encode")
+        assert set(parts) | {"inference", "batch", "total"} <= set(result.timing)
+        t = result.timing
+        assert all(t[k] >= 0 for k in parts) and t["features"] > 0 and t["sample"] > 0 and t["decode"] > 0
+        assert t["inference"] == pytest.approx(t["features"] + t["sample"])
+        assert t["total"] >= sum(t[k] for k in parts) * 0.999  # the parts do not overlap
         # The same seed through the wire gives exactly what the Policy gives in-process with that noise.
         local = Policy.from_checkpoint(ckpt)
         noise = np.random.default_rng(123).standard_normal((8, 14)).astype(np.float32)
@@ -165,6 +169,10 @@ def test_backend_that_cannot_run_is_refused_with_the_reason(ckpt: Path, free_por
                            "--backend", "tensorrt", "--bind", f"tcp://127.0.0.1:{free_port}"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "tensorrt backend needs --device cuda" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.runtime.server", "--ckpt", str(ckpt), "--device", "cpu",
+                           "--backend", "compiled", "--bind", f"tcp://127.0.0.1:{free_port}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "not offered on cpu" in proc.stderr and "bench/RESULTS.md" in proc.stderr
 
 
 def test_server_error_names_policy_field(serve) -> None:
@@ -223,3 +231,27 @@ def test_absurd_state_or_prefix_is_refused_naming_the_field_and_the_trained_rang
         assert np.isfinite(client.infer(obs, seed=1).actions).all()
     stats = server_stats(endpoint)
     assert stats["out_of_range"] == len(cases) and stats["non_finite"] == 0 and stats["served"] == 2, stats
+
+
+def test_profile_writes_a_torch_trace_of_the_first_requests(ckpt: Path, free_port: int, tmp_path: Path) -> None:
+    import json
+
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    folder = tmp_path / "profile"
+    server = ServerProcess(["--ckpt", str(ckpt), "--bind", endpoint, "--device", "cpu", "--max-batch", "1",
+                            "--profile", str(folder), "--profile-requests", "3"])
+    try:
+        with PolicyClient(endpoint, timeout_s=30.0) as client:
+            obs = observation(client.metadata())
+            for i in range(4):
+                client.infer(obs, seed=i)
+        deadline = time.monotonic() + 30
+        while not (folder / "summary.txt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        trace = json.loads((folder / "trace.json").read_text())
+        names = {e.get("name", "") for e in trace["traceEvents"]}
+        assert any(n.startswith("aten::") for n in names)  # the policy's operators, recorded in the inference thread
+        assert "wrote the profile of 3 policy calls" in "".join(server.lines)
+        assert "Self CPU" in (folder / "summary.txt").read_text()
+    finally:
+        server.close()

@@ -25,6 +25,36 @@ def test_bench_backends_prints_its_table() -> None:
     assert "| tiny | eager |" in proc.stdout and "1.000000" in proc.stdout
 
 
+def test_bench_serving_prints_its_table() -> None:
+    """bench/gpu.sh's table, on CPU: eager, ONNX Runtime and auto's choice, in-process and through the server."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_serving.py"), "--device", "cpu", "--presets", "tiny",
+                           "--backends", "eager-fp32,eager-bf16,compiled,onnxruntime,auto", "--requests", "5",
+                           "--warmup", "1", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    rows = {line.split("|")[2].strip(): line for line in out.splitlines() if line.startswith("| tiny (")}
+    assert set(rows) == {"eager-fp32", "eager-bf16", "compiled", "onnxruntime", "auto"}, out
+    assert "1.000000" in rows["onnxruntime"] and "auto picks onnxruntime" in rows["auto"], out
+    assert "measured on cuda only" in rows["eager-bf16"] and "not offered" in rows["compiled"], out
+    assert "| tiny | onnxruntime |" in out  # the server's split of where the time goes
+    assert "round-trip speed-up over eager-fp32" in out
+
+
+def test_gpu_sh_refuses_without_a_gpu_and_runs_end_to_end_in_smoke_mode() -> None:
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "sees no CUDA GPU" in proc.stderr
+    env = dict(os.environ, GPU_SH_SMOKE="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--backends", "eager-fp32,onnxruntime"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| tiny (1M) | onnxruntime |" in proc.stdout and "bench/gpu.sh: finished" in proc.stdout
+
+
 def test_make_curve_keys_cli(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "dit4dit.runtime.server", "--make-curve-keys", str(tmp_path / "keys"),
                            "--clients", "robot1,robot2"], capture_output=True, text=True, timeout=60)
