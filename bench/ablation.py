@@ -37,7 +37,7 @@ def run_name(cond: str, demos: int) -> str:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from dit4dit.runtime.collect import collect
+    from dit4dit.tasks.collect import collect
     from dit4dit.runtime.dataset import copy_subset
 
     big = dataset_for(args.data, max(args.demos))
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _expert_rates(seeds: range, tasks: list[str]) -> dict[str, tuple[int, int]]:
     from dit4dit.drivers.sim import tasks as tasks_mod
-    from dit4dit.drivers.sim.expert import ScriptedExpert, run_episode
+    from dit4dit.tasks.expert import ScriptedExpert, run_episode
     from dit4dit.drivers.sim.scene import G1Sim
 
     sim, ex = G1Sim(), ScriptedExpert()
@@ -98,7 +98,7 @@ def _expert_rates(seeds: range, tasks: list[str]) -> dict[str, tuple[int, int]]:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
     from dit4dit.policy.checkpoint import read_checkpoint
-    from dit4dit.runtime.evaluate import EVAL_SEED0, evaluate, summarize, wilson
+    from dit4dit.tasks.evaluate import EVAL_SEED0, evaluate, summarize, wilson
 
     torch.set_num_threads(args.threads)
     tasks = ["reach_red", "reach_blue", "push_green"]

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
-from dit4dit.drivers.sim.expert import CONTROLLED_NAMES
-from dit4dit.runtime import collect
+from dit4dit.tasks.expert import CONTROLLED_NAMES
+from dit4dit.tasks import collect
 from dit4dit.runtime.dataset import LeRobotDataset
 
 

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
-from dit4dit.runtime import evaluate
-from dit4dit.runtime.evaluate import EpisodeResult, summarize, wilson
+from dit4dit.tasks import evaluate
+from dit4dit.tasks.evaluate import EpisodeResult, summarize, wilson
 
 INSTRUCTIONS = ["move the right hand to the red block", "move the left hand to the blue block",
                 "push the green block onto the target"]

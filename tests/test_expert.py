@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from dit4dit.drivers import g1_spec
 from dit4dit.drivers.sim import tasks
-from dit4dit.drivers.sim.expert import (
+from dit4dit.tasks.expert import (
     CONTROLLED_JOINTS,
     ScriptedExpert,
     default_safety_filter,

@@ -199,12 +199,12 @@ def run_episode(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dit4dit.drivers.sim.expert --episodes N``: the expert's own success rate per task."""
+    """``python -m dit4dit.tasks.expert --episodes N``: the expert's own success rate per task."""
     import argparse
 
     from dit4dit.drivers.sim.scene import G1Sim
 
-    ap = argparse.ArgumentParser(prog="python -m dit4dit.drivers.sim.expert", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dit4dit.tasks.expert", description=main.__doc__)
     ap.add_argument("--task", default="all", help="task name(s), comma-separated, or 'all'")
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--seed0", type=int, default=100_000, help="first seed (eval seeds; collection uses 0..)")

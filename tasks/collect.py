@@ -1,7 +1,7 @@
 """``dit4dit-collect``: scripted demonstrations in the in-process simulator, recorded as a LeRobot v2.1 dataset.
 
 For each seed (``--seed0`` .. ``--seed0 + N - 1``) every requested task is played by the scripted expert
-(drivers/sim/expert.py, IK through the safety layer) in :class:`G1Sim` and recorded at the policy rate:
+(tasks/expert.py, IK through the safety layer) in :class:`G1Sim` and recorded at the policy rate:
 the head camera at the policy's resolution, the measured arm joint positions (``observation.state``), the
 commanded arm targets (``action``; the safety-filtered command as ``action.executed``), the instruction.
 Seeds are shared by the tasks, so one scene is shown with each instruction. Failed expert episodes are
@@ -52,7 +52,7 @@ def collect(
 ) -> dict[str, dict[str, int]]:
     """Record ``episodes`` seeds of each task into ``out``; returns {task: {"attempts", "successes", "recorded"}}."""
     from dit4dit.drivers.sim import tasks as tasks_mod
-    from dit4dit.drivers.sim.expert import CONTROLLED_NAMES, ScriptedExpert, run_episode
+    from dit4dit.tasks.expert import CONTROLLED_NAMES, ScriptedExpert, run_episode
     from dit4dit.drivers.sim.scene import G1Sim
 
     writer = LeRobotWriter(

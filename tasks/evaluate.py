@@ -168,7 +168,7 @@ class InProcessEvaluator:
         import torch
         from dit4dit.drivers import g1_spec
         from dit4dit.drivers.sim import tasks as tasks_mod
-        from dit4dit.drivers.sim.expert import HEAD_CAMERA, default_safety_filter
+        from dit4dit.tasks.expert import HEAD_CAMERA, default_safety_filter
         from dit4dit.runtime.chunking import ChunkScheduler
 
         task = tasks_mod.get_task(task_name)
@@ -552,7 +552,7 @@ def format_realtime(results: Sequence[EpisodeResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dit4dit.runtime.collect import parse_tasks
+    from dit4dit.tasks.collect import parse_tasks
 
     ap = argparse.ArgumentParser(prog="dit4dit-eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="checkpoint (.pt) to evaluate")

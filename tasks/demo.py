@@ -25,7 +25,7 @@ DEFAULT_CKPT = REPO / "checkpoints" / "g1_small.pt"
 
 def produce_checkpoint(out: Path, data: Path, episodes: int, steps: int) -> Path:
     """Collect ``episodes`` demonstrations per task into ``data`` and train the small preset into ``out``."""
-    from dit4dit.runtime.collect import collect
+    from dit4dit.tasks.collect import collect
 
     print(f"[demo] collecting {episodes} scripted demonstrations per task into {data}", flush=True)
     collect(data, ["reach_red", "reach_blue", "push_green"], episodes)
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from dit4dit.drivers.sim import tasks as tasks_mod
-    from dit4dit.runtime.evaluate import (
+    from dit4dit.tasks.evaluate import (
         EpisodeResult,
         InProcessEvaluator,
         RuntimeEvaluator,
