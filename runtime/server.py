@@ -260,6 +260,7 @@ class PolicyServer:
         self._curve_keys = Path(curve_keys) if curve_keys is not None else None
         self._auth = None
         self._bound = threading.Event()
+        self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last_endpoint: str | None = None
         self._stats = ServerStats()
@@ -323,6 +324,7 @@ class PolicyServer:
     def start(self) -> threading.Thread:
         """Serve in a background thread; returns once the socket is bound."""
         thread = threading.Thread(target=self.serve_forever, name="dit4dit-serve", daemon=True)
+        self._thread = thread
         thread.start()
         if not self._bound.wait(10):
             raise RuntimeError(f"server did not bind {self.bind} within 10 s")
@@ -330,8 +332,16 @@ class PolicyServer:
             raise RuntimeError(f"cannot serve on {self.bind}: {self._error} (is another server using that address?)")
         return thread
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop serving and wait (up to `timeout_s`) until the socket and inference threads have finished.
+
+        Waiting matters at interpreter exit: a daemon thread still inside ONNX Runtime or torch while their native
+        thread pools are torn down aborts the process ("terminate called without an active exception").
+        """
         self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters (ServerStats) and `queued`, the infer requests waiting now."""
