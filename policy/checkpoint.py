@@ -19,7 +19,7 @@ import torch
 
 from .model import DiT4DiT, DiT4DiTConfig, preset_config
 from .normalize import Normalizer
-from .text import Vocabulary
+from .text import InstructionVocabulary, Vocabulary
 
 FORMAT = "dit4dit-policy"
 FORMAT_VERSION = 1
@@ -113,6 +113,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return blob
 
 
+def make_vocabulary(cfg: DiT4DiTConfig, tokens: Sequence[str]) -> Vocabulary | InstructionVocabulary:
+    """The checkpoint's `vocab`: words (the project's text encoder) or the cached instructions (cosmos)."""
+    return InstructionVocabulary(tokens) if cfg.backbone == "cosmos" else Vocabulary(tokens, cfg.max_text_len)
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[DiT4DiT, Vocabulary, dict[str, Any]]:
     """(model in eval mode on device, vocabulary, metadata)."""
     blob = read_checkpoint(path)
@@ -120,7 +125,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         cfg = DiT4DiTConfig.from_dict(dict(blob["config"]))
         model = DiT4DiT(cfg)
         model.load_state_dict(blob["state_dict"])
-        vocab = Vocabulary(blob["vocab"], cfg.max_text_len)
+        vocab = make_vocabulary(cfg, blob["vocab"])
         Normalizer.from_dict(blob["metadata"]["normalization"]["state"])
         Normalizer.from_dict(blob["metadata"]["normalization"]["action"])
     except (ValueError, RuntimeError, KeyError, TypeError) as e:

@@ -21,7 +21,7 @@ from dit4dit.drivers.cameras.resize import area_resize
 from .checkpoint import load_checkpoint
 from .model import ActionSampler, DiT4DiT, FeatureNet
 from .normalize import Normalizer
-from .text import Vocabulary
+from .text import UnknownInstructionError, Vocabulary
 
 
 class ObservationError(ValueError):
@@ -151,10 +151,15 @@ class Policy:
         if batch is None:
             if not isinstance(instruction, str):
                 raise ObservationError(f"obs['instruction'] must be a str, got {type(instruction).__name__}")
-            return self.vocab.encode([instruction])
-        if not all(isinstance(s, str) for s in instruction) or len(instruction) != batch:
+            texts = [instruction]
+        elif not all(isinstance(s, str) for s in instruction) or len(instruction) != batch:
             raise ObservationError(f"obs['instruction'] must be a list of {batch} str in the batched form")
-        return self.vocab.encode(list(instruction))
+        else:
+            texts = list(instruction)
+        try:
+            return self.vocab.encode(texts)
+        except UnknownInstructionError as e:
+            raise ObservationError(f"obs['instruction']: {e}") from e
 
     def preprocess(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
         """(frames (B, T, 3, S, S), text tokens (B, L), normalised state (B, S), batch size or None if single)."""
