@@ -133,6 +133,24 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), vocab, blob["metadata"]
 
 
+def cosmos_model(preset: str, backbone_dir: str | Path, instructions: Sequence[str], raw_text: torch.Tensor,
+                 **overrides: Any) -> DiT4DiT:
+    """A DiT4DiT whose video backbone is the pretrained Cosmos in `backbone_dir` (local diffusers layout), with
+    the instructions' text embeddings (n, L, C_text) projected and cached; the action DiT is freshly initialised."""
+    from dataclasses import replace
+
+    from .cosmos import load_backbone
+
+    base = preset_config(preset, **overrides)
+    if base.backbone != "cosmos":
+        raise ValueError(f"preset {preset!r} has no cosmos backbone; choose one of cosmos-tiny, cosmos2.5-2b")
+    transformer, vae, configs = load_backbone(backbone_dir, base.cosmos)
+    cfg = replace(base, cosmos=configs, vocab_size=len(instructions), backbone_path=str(Path(backbone_dir).resolve()))
+    model = DiT4DiT(cfg, backbone=(transformer, vae))
+    model.text.fill(transformer, raw_text)
+    return model
+
+
 def perturb_zero_init(model: torch.nn.Module, std: float, generator: torch.Generator) -> None:
     """Give every all-zero parameter small random values (an untrained model whose output depends on its inputs)."""
     with torch.no_grad():

@@ -258,9 +258,26 @@ class CosmosVideo(nn.Module):
         return v[:, self.context_groups :].float()
 
 
-def instruction_table(instructions: Sequence[str]) -> list[str]:
-    """The cached instructions in order; duplicates refused (each is one row of InstructionContext)."""
-    out = list(instructions)
-    if len(set(out)) != len(out) or not out:
-        raise ValueError(f"a cosmos policy needs a non-empty list of distinct instructions, got {out}")
-    return out
+TEXT_EMBEDDINGS_FORMAT = "dit4dit-text-embeddings"
+
+
+def save_text_embeddings(path: str | Path, instructions: Sequence[str], embeddings: torch.Tensor) -> None:
+    """Raw text-encoder outputs per instruction, (n, L, C_text), for dit4dit-train --text-embeddings."""
+    torch.save({"format": TEXT_EMBEDDINGS_FORMAT, "instructions": list(instructions),
+                "embeddings": embeddings.detach().float().cpu()}, str(path))
+
+
+def read_text_embeddings(path: str | Path, configs: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
+    """(instructions, embeddings (n, L, C_text)) from a file of save_text_embeddings, checked against the preset."""
+    p = Path(path)
+    if not p.is_file():
+        raise BackboneError(f"text embeddings file {p} does not exist")
+    blob = torch.load(str(p), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != TEXT_EMBEDDINGS_FORMAT:
+        raise BackboneError(f"{p} is not a dit4dit text embeddings file (format {TEXT_EMBEDDINGS_FORMAT!r})")
+    emb, names = blob["embeddings"], list(blob["instructions"])
+    want = (len(names), configs["text_length"], text_channels(configs))
+    if tuple(emb.shape) != want:
+        raise BackboneError(f"{p}: embeddings are {tuple(emb.shape)}, this backbone needs {want} "
+                            f"(instructions, text_length, text channels)")
+    return names, emb

@@ -632,13 +632,14 @@ class DiT4DiT(nn.Module):
     """Frame tokenizer + text encoder + (video DiT | image features) + action DiT.
     With backbone "cosmos": Wan VAE + cached instruction contexts + Cosmos transformer (policy/cosmos.py)."""
 
-    def __init__(self, cfg: DiT4DiTConfig) -> None:
+    def __init__(self, cfg: DiT4DiTConfig, backbone: tuple[nn.Module, nn.Module] | None = None) -> None:
+        """backbone: (transformer, vae) already built (cosmos.load_backbone); else built from the config."""
         super().__init__()
         self.cfg = cfg
-        if cfg.backbone == "cosmos":  # diffusers' modules (random weights here; cosmos.load_backbone gives the pretrained)
+        if cfg.backbone == "cosmos":  # diffusers' modules
             from .cosmos import CosmosLatents, CosmosVideo, InstructionContext, build_backbone
 
-            transformer, vae = build_backbone(cfg.cosmos)
+            transformer, vae = backbone or build_backbone(cfg.cosmos)
             self.tokenizer = CosmosLatents(vae)
             self.text = InstructionContext(cfg.vocab_size, cfg.cosmos["text_length"], cfg.text_width)
             self.video = CosmosVideo(transformer, cfg.context_frames, cfg.future_frames)

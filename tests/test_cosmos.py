@@ -1,0 +1,168 @@
+"""The cosmos backbone: diffusers' Cosmos transformer and Wan VAE, built tiny, saved, loaded from a local folder.
+
+No downloads: the backbone is built with diffusers at the cosmos-tiny size and `save_pretrained` into a
+temporary folder; everything else goes through the project's loader, trainer, server and exporter."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from dit4dit.policy import cosmos  # noqa: E402
+from dit4dit.policy.checkpoint import cosmos_model  # noqa: E402
+from dit4dit.policy.model import FeatureNet, preset_config  # noqa: E402
+
+INSTRUCTIONS = ["pick up the red block", "push the blue block to the target"]
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    transformer, vae = cosmos.build_backbone(preset_config("cosmos-tiny").cosmos)
+    return cosmos.save_backbone(tmp_path_factory.mktemp("cosmos") / "Cosmos-Predict2.5-tiny", transformer, vae)
+
+
+@pytest.fixture(scope="module")
+def raw_text():
+    cfgs = preset_config("cosmos-tiny").cosmos
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(len(INSTRUCTIONS), cfgs["text_length"], cosmos.text_channels(cfgs), generator=g)
+
+
+def nearest_resize_namespace():
+    """diffusers' Cosmos forward resizes its padding mask with torchvision, which this project does not install
+    (its PyPI wheels are CUDA builds). The mask is all zeros (no padding), so any nearest resize gives the same
+    zeros; this is only what torchvision.transforms.functional.resize(NEAREST) does, written with torch."""
+    def resize(x, size, interpolation=None):
+        return torch.nn.functional.interpolate(x, size=tuple(size), mode="nearest")
+
+    return types.SimpleNamespace(functional=types.SimpleNamespace(resize=resize),
+                                 InterpolationMode=types.SimpleNamespace(NEAREST="nearest"))
+
+
+def reference_features(model, frames, raw, monkeypatch):
+    """DiT4DiT's recipe written against diffusers directly: VAE mean latent normalised with the VAE config's
+    mean/std, condition frame at t = 1e-4, the future slots = the model's extraction noise at t = 1, one
+    transformer forward with a hook on transformer_blocks[extract_layer - 1]. Returns (hidden, full output)."""
+    from diffusers.models.transformers import transformer_cosmos
+
+    monkeypatch.setattr(transformer_cosmos, "transforms", nearest_resize_namespace(), raising=False)
+    vae, tr = model.tokenizer.vae, model.video.transformer
+    B = frames.shape[0]
+    z = vae.encode(frames.permute(0, 2, 1, 3, 4)).latent_dist.mean  # (B, 16, 1, h, w)
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    cond = (z - mean) / std
+    noise = model.extraction_noise.permute(1, 0, 2, 3).unsqueeze(0).expand(B, -1, -1, -1, -1)  # (B, 16, Tf, h, w)
+    latents = torch.cat([cond, noise], dim=2)
+    T = latents.shape[2]
+    mask = torch.zeros(B, 1, T, 1, 1)
+    mask[:, :, 0] = 1.0
+    timestep = mask * 1e-4 + (1 - mask) * 1.0
+    captured = []
+    hook = tr.transformer_blocks[model.cfg.extract_layer - 1].register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        out = tr(hidden_states=latents, timestep=timestep, encoder_hidden_states=raw,
+                 condition_mask=mask.expand(-1, -1, -1, *latents.shape[-2:]),
+                 padding_mask=torch.zeros(1, 1, *frames.shape[-2:]), return_dict=False)[0]
+    finally:
+        hook.remove()
+    return captured[0], out
+
+
+@torch.no_grad()
+def test_features_equal_a_hooked_diffusers_forward(backbone_dir, raw_text, monkeypatch):
+    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14).eval()
+    g = torch.Generator().manual_seed(2)
+    frames = torch.rand(2, 1, 3, 32, 32, generator=g) * 2 - 1
+    tokens = torch.tensor([[1], [0]])
+    ours = FeatureNet(model)(frames, tokens)
+    hidden, full = reference_features(model, frames, raw_text[[1, 0]], monkeypatch)
+    assert ours.shape == hidden.shape == (2, model.cfg.condition_tokens, model.cfg.condition_width)
+    err = (ours - hidden).abs().max().item()
+    print(f"cosmos-tiny features vs hooked diffusers forward: max abs error {err:.3e}")
+    assert err <= 1e-5, err
+    # the full network (training's video loss) agrees too: velocity of the future slots
+    latents = model.encode_frames(frames)
+    text, mask = model.text(tokens)
+    future = model.extraction_noise.unsqueeze(0).expand(2, -1, -1, -1, -1)
+    times = model.frame_times(torch.ones(2))
+    v = model.video(torch.cat([latents, future], dim=1), times, text, mask)
+    ref_v = full[:, :, 1:].permute(0, 2, 1, 3, 4)
+    assert (v - ref_v).abs().max().item() <= 1e-5
+    # and the features really are mid-network: not the last block's output
+    assert model.cfg.extract_layer < model.cfg.video_depth
+
+
+@torch.no_grad()
+def test_truncated_pass_runs_no_later_block(backbone_dir, raw_text):
+    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14).eval()
+    ran = []
+    for i, block in enumerate(model.video.transformer.transformer_blocks):
+        block.register_forward_hook(lambda m, inp, out, i=i: ran.append(i))
+    FeatureNet(model)(torch.zeros(1, 1, 3, 32, 32), torch.tensor([[0]]))
+    assert ran == list(range(model.cfg.extract_layer))
+
+
+@torch.no_grad()
+def test_context_latent_is_the_first_frame_of_a_padded_clip(backbone_dir, raw_text):
+    """The pipeline encodes the condition frame zero-padded to the clip length; the causal VAE's first latent
+    frame depends on frame 0 only, so encoding the frame alone (what the feature pass does) is the same."""
+    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14).eval()
+    frame = torch.rand(1, 1, 3, 32, 32) * 2 - 1
+    clip = torch.cat([frame, torch.zeros(1, 4, 3, 32, 32)], dim=1)
+    alone = model.tokenizer.encode_video(frame)
+    padded = model.tokenizer.encode_video(clip)
+    assert padded.shape[1] == 2
+    assert (alone[:, 0] - padded[:, 0]).abs().max().item() <= 1e-5
+
+
+def test_normalisation_divides_by_the_vae_std(backbone_dir, raw_text):
+    """(z - mean) / std from the VAE config; diffusers >= 0.39's pipeline attribute latents_std is 1/std."""
+    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14)
+    vae_cfg = json.loads((backbone_dir / "vae" / "config.json").read_text())
+    assert np.allclose(model.tokenizer.latent_std.flatten().numpy(), vae_cfg["latents_std"])
+    assert np.allclose(model.tokenizer.latent_mean.flatten().numpy(), vae_cfg["latents_mean"])
+
+
+def test_missing_or_mismatched_files_name_the_file(backbone_dir, raw_text, tmp_path):
+    import shutil
+
+    with pytest.raises(cosmos.BackboneError, match="does not exist"):
+        cosmos_model("cosmos-tiny", tmp_path / "nowhere", INSTRUCTIONS, raw_text)
+    broken = tmp_path / "broken"
+    shutil.copytree(backbone_dir, broken)
+    (broken / "vae" / "config.json").unlink()
+    with pytest.raises(cosmos.BackboneError, match=r"vae/config\.json is missing"):
+        cosmos_model("cosmos-tiny", broken, INSTRUCTIONS, raw_text)
+    shutil.rmtree(broken)
+    shutil.copytree(backbone_dir, broken)
+    for f in (broken / "transformer").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(cosmos.BackboneError, match="no weights file"):
+        cosmos_model("cosmos-tiny", broken, INSTRUCTIONS, raw_text)
+    shutil.rmtree(broken)
+    shutil.copytree(backbone_dir, broken)
+    config = broken / "transformer" / "config.json"
+    config.write_text(json.dumps(dict(json.loads(config.read_text()), num_layers=3)))
+    with pytest.raises(cosmos.BackboneError, match=r"transformer/config\.json does not match this preset: num_layers"):
+        cosmos_model("cosmos-tiny", broken, INSTRUCTIONS, raw_text)
+    # the 2B preset refuses the tiny folder, naming the file and the keys
+    with pytest.raises(cosmos.BackboneError, match=r"transformer/config\.json.*num_attention_heads"):
+        cosmos_model("cosmos2.5-2b", backbone_dir, INSTRUCTIONS, raw_text)
+
+
+def test_2b_preset_has_the_paper_shape():
+    cfg = preset_config("cosmos2.5-2b")
+    t = cfg.cosmos["transformer"]
+    assert (t["num_layers"], t["num_attention_heads"], t["attention_head_dim"], t["in_channels"]) == (28, 16, 128, 17)
+    assert tuple(t["patch_size"]) == (1, 2, 2) and t["crossattn_proj_in_channels"] == 100352
+    assert t["encoder_hidden_states_channels"] == 1024
+    assert cfg.extract_layer == 18  # hidden states after transformer_blocks[17]
+    assert (cfg.condition_tokens, cfg.condition_width) == (588, 2048)
