@@ -133,17 +133,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), vocab, blob["metadata"]
 
 
-def cosmos_model(preset: str, backbone_dir: str | Path, instructions: Sequence[str], raw_text: torch.Tensor,
-                 **overrides: Any) -> DiT4DiT:
+def cosmos_model(base: DiT4DiTConfig, backbone_dir: str | Path, instructions: Sequence[str],
+                 raw_text: torch.Tensor) -> DiT4DiT:
     """A DiT4DiT whose video backbone is the pretrained Cosmos in `backbone_dir` (local diffusers layout), with
-    the instructions' text embeddings (n, L, C_text) projected and cached; the action DiT is freshly initialised."""
+    the instructions' text embeddings (n, L, C_text) projected and cached; the action DiT is freshly initialised.
+    `base`: a cosmos preset's config (preset_config("cosmos-tiny", state_dim=..., ...))."""
     from dataclasses import replace
 
     from .cosmos import load_backbone
 
-    base = preset_config(preset, **overrides)
     if base.backbone != "cosmos":
-        raise ValueError(f"preset {preset!r} has no cosmos backbone; choose one of cosmos-tiny, cosmos2.5-2b")
+        raise ValueError(f"preset {base.preset!r} has no cosmos backbone; choose one of cosmos-tiny, cosmos2.5-2b")
     transformer, vae, configs = load_backbone(backbone_dir, base.cosmos)
     cfg = replace(base, cosmos=configs, vocab_size=len(instructions), backbone_path=str(Path(backbone_dir).resolve()))
     model = DiT4DiT(cfg, backbone=(transformer, vae))

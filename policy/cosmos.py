@@ -161,6 +161,11 @@ class CosmosLatents(nn.Module):
         self.register_buffer("latent_mean", torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1))
         self.register_buffer("latent_std", torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1))
 
+    @property
+    def temporal_factor(self) -> int:
+        """Pixel frames per latent frame after the first (4 for Wan 2.1)."""
+        return 2 ** sum(bool(d) for d in self.vae.config.temperal_downsample)
+
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """video (B, T, 3, H, W) in [-1, 1], T = 1 + 4k -> normalised latents (B, 1 + k, C, H/8, W/8).
         The VAE is causal: latent frame 0 depends on pixel frame 0 only."""

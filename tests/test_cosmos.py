@@ -18,6 +18,7 @@ from dit4dit.policy import cosmos  # noqa: E402
 from dit4dit.policy.checkpoint import cosmos_model  # noqa: E402
 from dit4dit.policy.model import FeatureNet, preset_config  # noqa: E402
 
+TINY = preset_config("cosmos-tiny", state_dim=14, action_dim=14)
 INSTRUCTIONS = ["pick up the red block", "push the blue block to the target"]
 
 
@@ -78,7 +79,7 @@ def reference_features(model, frames, raw, monkeypatch):
 
 @torch.no_grad()
 def test_features_equal_a_hooked_diffusers_forward(backbone_dir, raw_text, monkeypatch):
-    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14).eval()
+    model = cosmos_model(TINY, backbone_dir, INSTRUCTIONS, raw_text).eval()
     g = torch.Generator().manual_seed(2)
     frames = torch.rand(2, 1, 3, 32, 32, generator=g) * 2 - 1
     tokens = torch.tensor([[1], [0]])
@@ -102,7 +103,7 @@ def test_features_equal_a_hooked_diffusers_forward(backbone_dir, raw_text, monke
 
 @torch.no_grad()
 def test_truncated_pass_runs_no_later_block(backbone_dir, raw_text):
-    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14).eval()
+    model = cosmos_model(TINY, backbone_dir, INSTRUCTIONS, raw_text).eval()
     ran = []
     for i, block in enumerate(model.video.transformer.transformer_blocks):
         block.register_forward_hook(lambda m, inp, out, i=i: ran.append(i))
@@ -114,7 +115,7 @@ def test_truncated_pass_runs_no_later_block(backbone_dir, raw_text):
 def test_context_latent_is_the_first_frame_of_a_padded_clip(backbone_dir, raw_text):
     """The pipeline encodes the condition frame zero-padded to the clip length; the causal VAE's first latent
     frame depends on frame 0 only, so encoding the frame alone (what the feature pass does) is the same."""
-    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14).eval()
+    model = cosmos_model(TINY, backbone_dir, INSTRUCTIONS, raw_text).eval()
     frame = torch.rand(1, 1, 3, 32, 32) * 2 - 1
     clip = torch.cat([frame, torch.zeros(1, 4, 3, 32, 32)], dim=1)
     alone = model.tokenizer.encode_video(frame)
@@ -125,7 +126,7 @@ def test_context_latent_is_the_first_frame_of_a_padded_clip(backbone_dir, raw_te
 
 def test_normalisation_divides_by_the_vae_std(backbone_dir, raw_text):
     """(z - mean) / std from the VAE config; diffusers >= 0.39's pipeline attribute latents_std is 1/std."""
-    model = cosmos_model("cosmos-tiny", backbone_dir, INSTRUCTIONS, raw_text, state_dim=14, action_dim=14)
+    model = cosmos_model(TINY, backbone_dir, INSTRUCTIONS, raw_text)
     vae_cfg = json.loads((backbone_dir / "vae" / "config.json").read_text())
     assert np.allclose(model.tokenizer.latent_std.flatten().numpy(), vae_cfg["latents_std"])
     assert np.allclose(model.tokenizer.latent_mean.flatten().numpy(), vae_cfg["latents_mean"])
@@ -135,27 +136,27 @@ def test_missing_or_mismatched_files_name_the_file(backbone_dir, raw_text, tmp_p
     import shutil
 
     with pytest.raises(cosmos.BackboneError, match="does not exist"):
-        cosmos_model("cosmos-tiny", tmp_path / "nowhere", INSTRUCTIONS, raw_text)
+        cosmos_model(TINY, tmp_path / "nowhere", INSTRUCTIONS, raw_text)
     broken = tmp_path / "broken"
     shutil.copytree(backbone_dir, broken)
     (broken / "vae" / "config.json").unlink()
     with pytest.raises(cosmos.BackboneError, match=r"vae/config\.json is missing"):
-        cosmos_model("cosmos-tiny", broken, INSTRUCTIONS, raw_text)
+        cosmos_model(TINY, broken, INSTRUCTIONS, raw_text)
     shutil.rmtree(broken)
     shutil.copytree(backbone_dir, broken)
     for f in (broken / "transformer").glob("*.safetensors"):
         f.unlink()
     with pytest.raises(cosmos.BackboneError, match="no weights file"):
-        cosmos_model("cosmos-tiny", broken, INSTRUCTIONS, raw_text)
+        cosmos_model(TINY, broken, INSTRUCTIONS, raw_text)
     shutil.rmtree(broken)
     shutil.copytree(backbone_dir, broken)
     config = broken / "transformer" / "config.json"
     config.write_text(json.dumps(dict(json.loads(config.read_text()), num_layers=3)))
     with pytest.raises(cosmos.BackboneError, match=r"transformer/config\.json does not match this preset: num_layers"):
-        cosmos_model("cosmos-tiny", broken, INSTRUCTIONS, raw_text)
+        cosmos_model(TINY, broken, INSTRUCTIONS, raw_text)
     # the 2B preset refuses the tiny folder, naming the file and the keys
     with pytest.raises(cosmos.BackboneError, match=r"transformer/config\.json.*num_attention_heads"):
-        cosmos_model("cosmos2.5-2b", backbone_dir, INSTRUCTIONS, raw_text)
+        cosmos_model(preset_config("cosmos2.5-2b"), backbone_dir, INSTRUCTIONS, raw_text)
 
 
 def test_2b_preset_has_the_paper_shape():
