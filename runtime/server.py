@@ -672,7 +672,9 @@ def dummy_observation(metadata: Mapping[str, Any], batch: int | None = None, see
         shape = (int(size["height"]), int(size["width"]), 3)
         images[name] = rng.integers(0, 256, ((batch,) if batch else ()) + shape, dtype=np.uint8)
     state = np.zeros(((batch,) if batch else ()) + (len(metadata["state_names"]),), np.float32)
-    instruction = [""] * batch if batch else ""
+    # a cached-text policy (cosmos backbone) knows only its instructions; a word-vocabulary one takes any text
+    known = metadata.get("instructions") or [""]
+    instruction = [known[0]] * batch if batch else known[0]
     return {"images": images, "state": state, "instruction": instruction}
 
 

@@ -167,3 +167,102 @@ def test_2b_preset_has_the_paper_shape():
     assert t["encoder_hidden_states_channels"] == 1024
     assert cfg.extract_layer == 18  # hidden states after transformer_blocks[17]
     assert (cfg.condition_tokens, cfg.condition_width) == (588, 2048)
+
+
+@pytest.fixture(scope="module")
+def trained(backbone_dir, tmp_path_factory):
+    """dit4dit-train --preset cosmos-tiny --backbone DIR: a few bf16 steps on the synthetic task."""
+    import subprocess
+    import sys
+
+    from dit4dit.policy.data import load_training_data
+
+    root = tmp_path_factory.mktemp("cosmos_train")
+    instructions = load_training_data("synthetic:moving_dot", 32, synthetic_episodes=4).instructions
+    cfgs = preset_config("cosmos-tiny").cosmos
+    text = root / "text.pt"
+    cosmos.save_text_embeddings(text, instructions, torch.randn(len(instructions), cfgs["text_length"],
+                                                                 cosmos.text_channels(cfgs)))
+    out = root / "g1.pt"
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.policy.train", "--data", "synthetic:moving_dot",
+                           "--synthetic-episodes", "4", "--preset", "cosmos-tiny", "--backbone", str(backbone_dir),
+                           "--text-embeddings", str(text), "--out", str(out), "--steps", "4", "--batch-size", "2",
+                           "--precision", "bf16", "--threads", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "memory plan (cosmos-tiny" in proc.stderr and "checkpointed" in proc.stderr
+    return out, instructions, proc.stderr
+
+
+def test_training_moves_the_backbone_at_its_own_rate(trained, backbone_dir):
+    from diffusers import CosmosTransformer3DModel
+
+    from dit4dit.policy.checkpoint import read_checkpoint
+
+    out, _, _ = trained
+    blob = read_checkpoint(out)
+    assert blob["config"]["backbone"] == "cosmos" and blob["metadata"]["preset"] == "cosmos-tiny"
+    start = CosmosTransformer3DModel.from_pretrained(str(backbone_dir / "transformer"), local_files_only=True)
+    sd = blob["state_dict"]
+    moved = [k for k, v in start.state_dict().items() if not torch.equal(sd[f"video.transformer.{k}"], v)]
+    assert any(".transformer_blocks." in f".{k}" for k in moved)  # the backbone trains (lr 1e-5)...
+    assert not any(k.startswith("crossattn_proj") for k in moved)  # ...but not the projection the text cache used
+
+
+def test_freeze_backbone_trains_only_the_action_model(backbone_dir, trained, tmp_path):
+    import subprocess
+    import sys
+
+    from diffusers import CosmosTransformer3DModel
+
+    from dit4dit.policy.checkpoint import read_checkpoint
+
+    text = trained[0].parent / "text.pt"
+    out = tmp_path / "frozen.pt"
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.policy.train", "--data", "synthetic:moving_dot",
+                           "--synthetic-episodes", "4", "--preset", "cosmos-tiny", "--backbone", str(backbone_dir),
+                           "--text-embeddings", str(text), "--out", str(out), "--steps", "2", "--batch-size", "2",
+                           "--freeze-backbone", "--threads", "1", "--no-progress"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    start = CosmosTransformer3DModel.from_pretrained(str(backbone_dir / "transformer"), local_files_only=True)
+    sd = read_checkpoint(out)["state_dict"]
+    assert all(torch.equal(sd[f"video.transformer.{k}"], v) for k, v in start.state_dict().items())
+
+
+def test_served_over_zeromq_and_unknown_instructions_refused(trained, free_port):
+    from server_harness import ServerProcess
+
+    from dit4dit.policy.inference import Policy
+    from dit4dit.runtime.client import PolicyClient, ServerError
+
+    out, instructions, _ = trained
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    server = ServerProcess(["--ckpt", str(out), "--bind", endpoint, "--device", "cpu", "--backend", "torch"])
+    try:
+        with PolicyClient(endpoint, timeout_s=30.0) as client:
+            meta = client.metadata()
+            assert meta["preset"] == "cosmos-tiny" and meta["instructions"] == instructions
+            obs = {"images": {"head": np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)},
+                   "state": np.asarray(meta["normalization"]["state"]["mean"], np.float32),
+                   "instruction": instructions[0]}
+            result = client.infer(obs, seed=7)
+            local = Policy.from_checkpoint(out)
+            assert result.actions.shape == (local.chunk_length, local.action_dim)
+            assert np.isfinite(result.actions).all()
+            with pytest.raises(ServerError) as exc:
+                client.infer(dict(obs, instruction="juggle three oranges"))
+            assert "juggle three oranges" in str(exc.value) and all(s in str(exc.value) for s in instructions)
+            assert client.infer(obs).actions.shape == result.actions.shape  # still serving
+    finally:
+        server.close()
+
+
+def test_feature_pass_exports_through_the_parity_gate(trained, tmp_path):
+    from dit4dit.policy import export
+
+    out, _, _ = trained
+    manifest = export.export(out, tmp_path / "engines", max_batch=2, exporter="torchscript")
+    assert manifest["onnx"] and manifest["graphs"]["fp32"]["passed"]
+    features = [r for r in manifest["parity"] if r["graph"] == "features"]
+    assert features and all(r["cosine"] >= export.COSINE_GATE and r["max_abs_error"] < 1e-4 for r in features)
