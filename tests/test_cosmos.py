@@ -266,3 +266,32 @@ def test_feature_pass_exports_through_the_parity_gate(trained, tmp_path):
     assert manifest["onnx"] and manifest["graphs"]["fp32"]["passed"]
     features = [r for r in manifest["parity"] if r["graph"] == "features"]
     assert features and all(r["cosine"] >= export.COSINE_GATE and r["max_abs_error"] < 1e-4 for r in features)
+
+
+@pytest.mark.slow
+def test_fsdp_over_cosmos_blocks_matches_ddp(backbone_dir, trained, tmp_path):
+    """--parallel fsdp shards each CosmosTransformerBlock over 2 gloo processes; DDP with the same seed gives the
+    same EMA weights (up to float reduction order)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    text = trained[0].parent / "text.pt"
+    outs = {}
+    for parallel in ("fsdp", "ddp"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        outs[parallel] = tmp_path / f"{parallel}.pt"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "dit4dit.policy.train",
+               "--data", "synthetic:moving_dot", "--synthetic-episodes", "4", "--preset", "cosmos-tiny",
+               "--backbone", str(backbone_dir), "--text-embeddings", str(text), "--out", str(outs[parallel]),
+               "--steps", "3", "--batch-size", "2", "--threads", "1", "--no-progress", "--parallel", parallel]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    a = torch.load(str(outs["fsdp"]), weights_only=True)["state_dict"]
+    b = torch.load(str(outs["ddp"]), weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-6
