@@ -64,13 +64,13 @@ def cosmos_2b_configs() -> dict[str, Any]:
 
 
 def cosmos_tiny_configs() -> dict[str, Any]:
-    """The same classes at a CPU size for tests: 4 blocks of 2 heads x 16, a 3-wide Wan VAE, 8 text tokens of 48."""
+    """The same classes at a CPU size for tests: 4 blocks of 2 heads x 16, a 3-wide Wan VAE, 32 text tokens of 48."""
     transformer = dict(in_channels=17, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=4,
                        mlp_ratio=2.0, text_embed_dim=32, adaln_lora_dim=8, max_size=[8, 32, 32], patch_size=[1, 2, 2],
                        rope_scale=[1.0, 3.0, 3.0], concat_padding_mask=True, extra_pos_embed_type=None,
                        use_crossattn_projection=True, crossattn_proj_in_channels=48, encoder_hidden_states_channels=32)
     vae = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-    return {"transformer": transformer, "vae": vae, "text_length": 8}
+    return {"transformer": transformer, "vae": vae, "text_length": 32}
 
 
 def text_channels(configs: dict[str, Any]) -> int:
@@ -286,3 +286,47 @@ def read_text_embeddings(path: str | Path, configs: dict[str, Any]) -> tuple[lis
         raise BackboneError(f"{p}: embeddings are {tuple(emb.shape)}, this backbone needs {want} "
                             f"(instructions, text_length, text channels)")
     return names, emb
+
+
+SYSTEM_PROMPT = "You are a helpful assistant who will provide prompts to an image generator."
+
+
+class CosmosTextEncoder:
+    """The Cosmos-Predict2.5 text encoder (Qwen2.5-VL, Cosmos-Reason1-7B) from a local folder with its tokenizer
+    (the diffusers layout's text_encoder/ and tokenizer/, or one folder holding both); for instructions that a
+    checkpoint has not cached. __call__(instructions) -> raw embeddings (n, L, layers * hidden): the instruction
+    in the chat template with the pipeline's system prompt, padded/cut to L tokens (no mask), each layer's hidden
+    states after the embeddings standardised per token, concatenated on channels, as the Cosmos 2.5 pipeline."""
+
+    def __init__(self, directory: str | Path, length: int, device: str | torch.device = "cpu") -> None:
+        try:
+            from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+        except ImportError as e:
+            raise BackboneError("--text-encoder needs transformers: pip install -e '.[cosmos]'") from e
+        root = Path(directory).expanduser()
+        model_dir = root / "text_encoder" if (root / "text_encoder").is_dir() else root
+        tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
+        if not (model_dir / "config.json").is_file():
+            raise BackboneError(f"{model_dir / 'config.json'} is missing: --text-encoder must be a local Qwen2.5-VL "
+                                f"folder (the Cosmos-Predict2.5 download's text_encoder/ and tokenizer/)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise BackboneError(f"{root}: the text encoder or its tokenizer does not load: {str(e)[:400]}") from e
+        self.model.to(device).eval()
+        self.length = length
+
+    @torch.no_grad()
+    def __call__(self, instructions: Sequence[str]) -> torch.Tensor:
+        ids = []
+        for text in instructions:
+            chat = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+                    {"role": "user", "content": [{"type": "text", "text": text}]}]
+            out = self.tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False,
+                                                     max_length=self.length, truncation=True, padding="max_length")
+            ids.append(torch.as_tensor(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out))
+        device = next(self.model.parameters()).device
+        hidden = self.model(torch.stack(ids).to(device), output_hidden_states=True).hidden_states
+        layers = [(h - h.mean(-1, keepdim=True)) / (h.std(-1, keepdim=True) + 1e-8) for h in hidden[1:]]
+        return torch.cat(layers, dim=-1).float().cpu()  # (n, L, layers * hidden)

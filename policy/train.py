@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cosmos presets: local Cosmos-Predict2.5 folder in the diffusers layout (transformer/, vae/)")
     p.add_argument("--text-embeddings", metavar="FILE", default=None,
                    help="cosmos presets: raw text-encoder outputs per instruction (cosmos.save_text_embeddings)")
+    p.add_argument("--text-encoder", metavar="DIR", default=None,
+                   help="cosmos presets, instead of --text-embeddings: embed the dataset's instructions with this local "
+                        "Qwen2.5-VL text encoder (cosmos.CosmosTextEncoder)")
     p.add_argument("--freeze-backbone", action="store_true", help="cosmos presets: train only the action model")
     p.add_argument("--no-gradient-checkpointing", action="store_true",
                    help="cosmos presets: keep every video block's activations (default: recompute them in backward)")
@@ -373,10 +376,10 @@ def train(args: argparse.Namespace) -> int:
         args.lr = 1e-4 if is_cosmos else 3e-4
     if args.video_lr is None and is_cosmos:
         args.video_lr = 1e-5
-    if is_cosmos and not (args.backbone and args.text_embeddings):
+    if is_cosmos and not (args.backbone and (args.text_embeddings or args.text_encoder)):
         raise TrainError(f"the {args.preset} preset loads its video backbone from a local folder and its text from "
-                         f"cached embeddings: pass --backbone DIR (diffusers layout) and --text-embeddings FILE; "
-                         f"nothing is downloaded")
+                         f"cached embeddings: pass --backbone DIR (diffusers layout) and --text-embeddings FILE or "
+                         f"--text-encoder DIR; nothing is downloaded")
     if (args.backbone or args.freeze_backbone) and not is_cosmos:
         raise TrainError(f"--backbone/--freeze-backbone are for the cosmos presets, not {args.preset!r}")
     if is_cosmos and args.save_components:
@@ -406,9 +409,13 @@ def train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     if is_cosmos:
         from .checkpoint import cosmos_model
-        from .cosmos import read_text_embeddings
+        from .cosmos import CosmosTextEncoder, read_text_embeddings
 
-        names, raw_text = read_text_embeddings(args.text_embeddings, cfg.cosmos)
+        if args.text_embeddings:
+            names, raw_text = read_text_embeddings(args.text_embeddings, cfg.cosmos)
+        else:
+            names = list(data.instructions)
+            raw_text = CosmosTextEncoder(args.text_encoder, cfg.cosmos["text_length"])(names)
         vocab = InstructionVocabulary(names)
         missing = [s for s in data.instructions if InstructionVocabulary.key(s) not in vocab.index]
         if missing:

@@ -295,3 +295,71 @@ def test_fsdp_over_cosmos_blocks_matches_ddp(backbone_dir, trained, tmp_path):
     b = torch.load(str(outs["ddp"]), weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def text_encoder_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL (3 layers x 16: 48 channels, what cosmos-tiny's crossattn_proj takes) and a word-level
+    tokenizer with a chat template, saved as a local folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    words = ("<pad> <unk> <|im_start|> <|im_end|> system user assistant you are a helpful who will provide prompts to "
+             "an image generator . pick up the red block push blue target follow dot green juggle").split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {% for c in m['content'] %}{{ c['text'] }}"
+                          "{% endfor %} <|im_end|> {% endfor %}")
+    root = tmp_path_factory.mktemp("qwen") / "text"
+    fast.save_pretrained(root / "tokenizer")
+    torch.manual_seed(3)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1,
+                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, hidden_size=16, out_hidden_size=16, intermediate_size=16, num_heads=2))
+    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(root / "text_encoder")
+    return root
+
+
+def test_text_encoder_embeds_new_instructions_when_serving(backbone_dir, text_encoder_dir, tmp_path, free_port):
+    import subprocess
+    import sys
+
+    from server_harness import ServerProcess
+
+    from dit4dit.policy.inference import Policy
+    from dit4dit.runtime.client import PolicyClient
+
+    encoder = cosmos.CosmosTextEncoder(text_encoder_dir, 32)
+    raw = encoder(["follow the red dot", "follow the green dot"])
+    assert raw.shape == (2, 32, 48) and torch.isfinite(raw).all()
+    assert not torch.allclose(raw[0], raw[1])  # the instruction reaches the embedding
+    assert torch.equal(encoder(["follow the red dot"])[0], raw[0])
+    out = tmp_path / "g1.pt"
+    proc = subprocess.run([sys.executable, "-m", "dit4dit.policy.train", "--data", "synthetic:moving_dot",
+                           "--synthetic-episodes", "4", "--preset", "cosmos-tiny", "--backbone", str(backbone_dir),
+                           "--text-encoder", str(text_encoder_dir), "--out", str(out), "--steps", "1",
+                           "--batch-size", "2", "--threads", "1", "--no-progress"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    policy = Policy.from_checkpoint(out)
+    known = policy.metadata["instructions"]
+    # the cache holds the encoder's output through the trained (frozen) projection
+    expect = cosmos.project_text(policy.model.video.transformer, encoder(known))
+    assert torch.allclose(policy.model.text.context, expect, atol=1e-6)
+    obs = {"images": {"head": np.zeros((32, 32, 3), np.uint8)}, "state": np.zeros(policy.cfg.state_dim, np.float32),
+           "instruction": "juggle the green block"}
+    policy.text_encoder = encoder
+    fresh = policy.infer(obs, noise=np.zeros((policy.chunk_length, policy.action_dim), np.float32))
+    assert policy.metadata["instructions"] == [*known, "juggle the green block"]
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    server = ServerProcess(["--ckpt", str(out), "--bind", endpoint, "--device", "cpu", "--backend", "torch",
+                            "--text-encoder", str(text_encoder_dir)])
+    try:
+        with PolicyClient(endpoint, timeout_s=30.0) as client:
+            served = client.infer(obs, seed=0)
+            assert served.actions.shape == fresh.shape and np.isfinite(served.actions).all()
+    finally:
+        server.close()
