@@ -20,7 +20,7 @@ optimiser, step) every --save-every steps and at the end; --resume continues bit
 Cosmos presets (cosmos-tiny, cosmos2.5-2b): the transformer and Wan VAE load from --backbone DIR (local files
 only); no stage 1 (the VAE is pretrained and frozen, its latent statistics are its config's); each batch's clip
 (context frame + 4 x future_frames frames) is encoded by the VAE; the text is --text-embeddings (raw text-encoder
-outputs per instruction, cosmos.save_text_embeddings), projected once by the transformer's crossattn_proj (kept
+outputs per instruction, cosmos.save_text_embeddings) or --text-encoder DIR (embedded here), projected once by the transformer's crossattn_proj (kept
 frozen so the checkpoint's per-instruction cache stays exact). Defaults: lr 1e-4 (action model), --video-lr 1e-5
 (backbone, the official recipe), gradient checkpointing of the video blocks; --freeze-backbone trains only the
 action model. A memory plan (weights, gradients, AdamW, EMA, activation estimate) is printed before step 1.
