@@ -2,6 +2,7 @@
 
 One file, top to bottom:
   config and presets (tiny / small / paper) ........ DiT4DiTConfig, tiny(), small(), paper()
+  presets on the Cosmos backbone .................... cosmos_tiny(), cosmos_2b() (modules: policy/cosmos.py)
   shared layers ..................................... attention, cross-attention, adaLN-Zero DiT block, time embedding
   frame tokenizer ................................... FrameAutoencoder (frames <-> latents)
   text encoder ...................................... TextEncoder (word tokens -> context tokens)
