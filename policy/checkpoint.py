@@ -19,7 +19,7 @@ import torch
 
 from .model import DiT4DiT, DiT4DiTConfig, preset_config
 from .normalize import Normalizer
-from .text import Vocabulary
+from .text import InstructionVocabulary, Vocabulary
 
 FORMAT = "dit4dit-policy"
 FORMAT_VERSION = 1
@@ -113,6 +113,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return blob
 
 
+def make_vocabulary(cfg: DiT4DiTConfig, tokens: Sequence[str]) -> Vocabulary | InstructionVocabulary:
+    """The checkpoint's `vocab`: words (the project's text encoder) or the cached instructions (cosmos)."""
+    return InstructionVocabulary(tokens) if cfg.backbone == "cosmos" else Vocabulary(tokens, cfg.max_text_len)
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[DiT4DiT, Vocabulary, dict[str, Any]]:
     """(model in eval mode on device, vocabulary, metadata)."""
     blob = read_checkpoint(path)
@@ -120,12 +125,30 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         cfg = DiT4DiTConfig.from_dict(dict(blob["config"]))
         model = DiT4DiT(cfg)
         model.load_state_dict(blob["state_dict"])
-        vocab = Vocabulary(blob["vocab"], cfg.max_text_len)
+        vocab = make_vocabulary(cfg, blob["vocab"])
         Normalizer.from_dict(blob["metadata"]["normalization"]["state"])
         Normalizer.from_dict(blob["metadata"]["normalization"]["action"])
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: config, weights or metadata are inconsistent: {e}") from e
     return model.to(device).eval(), vocab, blob["metadata"]
+
+
+def cosmos_model(base: DiT4DiTConfig, backbone_dir: str | Path, instructions: Sequence[str],
+                 raw_text: torch.Tensor) -> DiT4DiT:
+    """A DiT4DiT whose video backbone is the pretrained Cosmos in `backbone_dir` (local diffusers layout), with
+    the instructions' text embeddings (n, L, C_text) projected and cached; the action DiT is freshly initialised.
+    `base`: a cosmos preset's config (preset_config("cosmos-tiny", state_dim=..., ...))."""
+    from dataclasses import replace
+
+    from .cosmos import load_backbone
+
+    if base.backbone != "cosmos":
+        raise ValueError(f"preset {base.preset!r} has no cosmos backbone; choose one of cosmos-tiny, cosmos2.5-2b")
+    transformer, vae, configs = load_backbone(backbone_dir, base.cosmos)
+    cfg = replace(base, cosmos=configs, vocab_size=len(instructions), backbone_path=str(Path(backbone_dir).resolve()))
+    model = DiT4DiT(cfg, backbone=(transformer, vae))
+    model.text.fill(transformer, raw_text)
+    return model
 
 
 def perturb_zero_init(model: torch.nn.Module, std: float, generator: torch.Generator) -> None:

@@ -21,7 +21,7 @@ from dit4dit.drivers.cameras.resize import area_resize
 from .checkpoint import load_checkpoint
 from .model import ActionSampler, DiT4DiT, FeatureNet
 from .normalize import Normalizer
-from .text import Vocabulary
+from .text import UnknownInstructionError, Vocabulary
 
 
 class ObservationError(ValueError):
@@ -93,6 +93,8 @@ class Policy:
         self.state_norm = Normalizer.from_dict(metadata["normalization"]["state"])
         self.action_norm = Normalizer.from_dict(metadata["normalization"]["action"])
         self.engine: InferenceEngine = TorchEngine(model, device)
+        # cosmos backbone: embeds instructions the checkpoint has not cached (cosmos.CosmosTextEncoder); None: refuse
+        self.text_encoder: Any = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:
@@ -151,10 +153,36 @@ class Policy:
         if batch is None:
             if not isinstance(instruction, str):
                 raise ObservationError(f"obs['instruction'] must be a str, got {type(instruction).__name__}")
-            return self.vocab.encode([instruction])
-        if not all(isinstance(s, str) for s in instruction) or len(instruction) != batch:
+            texts = [instruction]
+        elif not all(isinstance(s, str) for s in instruction) or len(instruction) != batch:
             raise ObservationError(f"obs['instruction'] must be a list of {batch} str in the batched form")
-        return self.vocab.encode(list(instruction))
+        else:
+            texts = list(instruction)
+        try:
+            return self.vocab.encode(texts)
+        except UnknownInstructionError as e:
+            if self.text_encoder is None:
+                raise ObservationError(f"obs['instruction']: {e}") from e
+        self.add_instructions([t for t in dict.fromkeys(texts) if self.vocab.unknown_words(t)])
+        return self.vocab.encode(texts)
+
+    def add_instructions(self, texts: Sequence[str]) -> None:
+        """Embed new instructions with `text_encoder` and append them to the cached contexts (cosmos backbone,
+        torch engine: an exported graph holds the cache as a constant)."""
+        if not texts:
+            return
+        if self.engine.name != "torch":
+            raise ObservationError(f"obs['instruction']: {texts[0]!r} is not cached, and the {self.engine.name} engine "
+                                   f"holds the cached instructions as constants; serve with --backend torch to embed it")
+        from .cosmos import project_text
+        from .text import InstructionVocabulary
+
+        table = self.model.text
+        with torch.no_grad():
+            rows = project_text(self.model.video.transformer, self.text_encoder(texts).to(table.context.device))
+            table.context = torch.cat([table.context, rows.to(table.context.dtype)])
+        self.vocab = InstructionVocabulary([*self.vocab.tokens, *texts])
+        self.metadata["instructions"] = list(self.vocab.tokens)
 
     def preprocess(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
         """(frames (B, T, 3, S, S), text tokens (B, L), normalised state (B, S), batch size or None if single)."""

@@ -2,6 +2,7 @@
 
 One file, top to bottom:
   config and presets (tiny / small / paper) ........ DiT4DiTConfig, tiny(), small(), paper()
+  presets on the Cosmos backbone .................... cosmos_tiny(), cosmos_2b() (modules: policy/cosmos.py)
   shared layers ..................................... attention, cross-attention, adaLN-Zero DiT block, time embedding
   frame tokenizer ................................... FrameAutoencoder (frames <-> latents)
   text encoder ...................................... TextEncoder (word tokens -> context tokens)
@@ -29,6 +30,7 @@ from torch import nn
 from .flow import FlowConfig, euler_times, paper_flow
 
 CONDITIONING_KINDS = ("video", "image_features")
+BACKBONES = ("dit4dit", "cosmos")  # the project's own video DiT (below), or Cosmos-Predict2.5 via diffusers (policy/cosmos.py)
 
 
 #################################################################################
@@ -80,11 +82,21 @@ class DiT4DiTConfig:
     # what conditions the action DiT: video-DiT hidden states (DiT4DiT) or plain per-frame image features (ablation)
     conditioning: str = "video"
     flow: FlowConfig = field(default_factory=paper_flow)
+    # video backbone: "dit4dit" (VideoDiT/FrameAutoencoder/TextEncoder here) or "cosmos": diffusers' Cosmos transformer
+    # and Wan VAE built from `cosmos` (their config dicts, policy/cosmos.py), text from a per-instruction cache
+    # (vocab_size = number of instructions, max_text_len = 1: the "token" is the instruction's index)
+    backbone: str = "dit4dit"
+    cosmos: dict[str, Any] | None = None
+    backbone_path: str | None = None  # the local directory the pretrained backbone came from (informational)
 
     def __post_init__(self) -> None:
         if isinstance(self.flow, dict):
             self.flow = FlowConfig.from_dict(self.flow)
         problems = []
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone {self.backbone!r} is not one of {BACKBONES}")
+        if self.backbone == "cosmos":
+            problems += _cosmos_problems(self)
         if self.conditioning not in CONDITIONING_KINDS:
             problems.append(f"conditioning {self.conditioning!r} is not one of {CONDITIONING_KINDS}")
         if not 1 <= self.extract_layer <= self.video_depth:
@@ -170,7 +182,56 @@ def paper(**overrides: Any) -> DiT4DiTConfig:
     return replace(cfg, **overrides)
 
 
-PRESETS = {"tiny": tiny, "small": small, "paper": paper}
+def _cosmos_preset(name: str, configs: dict[str, Any], image_size: int, future_frames: int, extract_layer: int,
+                   action: dict[str, Any], overrides: dict[str, Any]) -> DiT4DiTConfig:
+    """A Cosmos-backbone config: the video/tokenizer/text fields follow from the diffusers configs."""
+    t = configs["transformer"]
+    cfg = DiT4DiTConfig(
+        preset=name, backbone="cosmos", cosmos=configs, image_size=image_size, context_frames=1,
+        future_frames=future_frames, tokenizer_levels=3, latent_channels=t["out_channels"], patch_size=t["patch_size"][1],
+        video_width=t["num_attention_heads"] * t["attention_head_dim"], video_depth=t["num_layers"],
+        video_heads=t["num_attention_heads"], extract_layer=extract_layer, text_width=t["text_embed_dim"],
+        text_heads=1, max_text_len=1, vocab_size=1, requires_pretrained=True, **action)
+    return replace(cfg, **overrides)
+
+
+def cosmos_2b(**overrides: Any) -> DiT4DiTConfig:
+    """DiT4DiT's G1 model: Cosmos-Predict2.5-2B (28 blocks, 16 heads x 128, patch (1,2,2)), features after
+    transformer_blocks[17] (extract_layer 18 = after 18 blocks), 224x224, 1 context + 2 future latent frames
+    (9 video frames: 588 tokens x 2048), and the 16-layer action DiT of the `paper` preset. Weights: --backbone DIR."""
+    from .cosmos import cosmos_2b_configs
+
+    action = dict(chunk_length=16, num_euler_steps=4, future_stride=2, action_width=1536, action_depth=16,
+                  action_heads=32, num_query_tokens=32, adaln_rank=256)
+    return _cosmos_preset("cosmos2.5-2b", cosmos_2b_configs(), 224, 2, 18, action, overrides)
+
+
+def cosmos_tiny(**overrides: Any) -> DiT4DiTConfig:
+    """The same diffusers classes at a CPU size (tests): 32x32, 4 blocks of 32 wide, features after block 2 (of 0..3)."""
+    from .cosmos import cosmos_tiny_configs
+
+    action = dict(chunk_length=8, num_euler_steps=4, future_stride=1, action_width=64, action_depth=2, action_heads=2,
+                  num_query_tokens=4)
+    return _cosmos_preset("cosmos-tiny", cosmos_tiny_configs(), 32, 1, 3, action, overrides)
+
+
+def _cosmos_problems(cfg: DiT4DiTConfig) -> list[str]:
+    problems = []
+    if not cfg.cosmos or not {"transformer", "vae", "text_length"} <= set(cfg.cosmos):
+        return ["backbone 'cosmos' needs the `cosmos` dict with transformer, vae and text_length"]
+    t = cfg.cosmos["transformer"]
+    if cfg.context_frames != 1:
+        problems.append("the cosmos backbone takes context_frames = 1 (one conditioning latent frame)")
+    if cfg.conditioning != "video":
+        problems.append("the cosmos backbone conditions on video hidden states (conditioning 'video')")
+    if cfg.video_width != t["num_attention_heads"] * t["attention_head_dim"] or cfg.video_depth != t["num_layers"]:
+        problems.append("video_width/video_depth must equal the cosmos transformer's heads x head_dim / num_layers")
+    if cfg.latent_channels != t["out_channels"] or cfg.text_width != t["text_embed_dim"] or cfg.max_text_len != 1:
+        problems.append("latent_channels, text_width and max_text_len (1) must follow the cosmos configs")
+    return problems
+
+
+PRESETS = {"tiny": tiny, "small": small, "paper": paper, "cosmos-tiny": cosmos_tiny, "cosmos2.5-2b": cosmos_2b}
 
 
 def preset_config(name: str, **overrides: Any) -> DiT4DiTConfig:
@@ -569,17 +630,27 @@ class ActionDiT(nn.Module):
 
 
 class DiT4DiT(nn.Module):
-    """Frame tokenizer + text encoder + (video DiT | image features) + action DiT."""
+    """Frame tokenizer + text encoder + (video DiT | image features) + action DiT.
+    With backbone "cosmos": Wan VAE + cached instruction contexts + Cosmos transformer (policy/cosmos.py)."""
 
-    def __init__(self, cfg: DiT4DiTConfig) -> None:
+    def __init__(self, cfg: DiT4DiTConfig, backbone: tuple[nn.Module, nn.Module] | None = None) -> None:
+        """backbone: (transformer, vae) already built (cosmos.load_backbone); else built from the config."""
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = FrameAutoencoder(cfg.tokenizer_width, cfg.tokenizer_levels, cfg.latent_channels)
-        self.text = TextEncoder(cfg.vocab_size, cfg.max_text_len, cfg.text_width, cfg.text_depth, cfg.text_heads)
-        if cfg.conditioning == "video":
-            self.video = VideoDiT(cfg)
+        if cfg.backbone == "cosmos":  # diffusers' modules
+            from .cosmos import CosmosLatents, CosmosVideo, InstructionContext, build_backbone
+
+            transformer, vae = backbone or build_backbone(cfg.cosmos)
+            self.tokenizer = CosmosLatents(vae)
+            self.text = InstructionContext(cfg.vocab_size, cfg.cosmos["text_length"], cfg.text_width)
+            self.video = CosmosVideo(transformer, cfg.context_frames, cfg.future_frames)
         else:
-            self.image = ImageFeatureEncoder(cfg)
+            self.tokenizer = FrameAutoencoder(cfg.tokenizer_width, cfg.tokenizer_levels, cfg.latent_channels)
+            self.text = TextEncoder(cfg.vocab_size, cfg.max_text_len, cfg.text_width, cfg.text_depth, cfg.text_heads)
+            if cfg.conditioning == "video":
+                self.video = VideoDiT(cfg)
+            else:
+                self.image = ImageFeatureEncoder(cfg)
         self.action = ActionDiT(cfg)
         # The future slots' noise at inference: a fixed draw (part of the weights), so the one video pass is a
         # deterministic, input-only function that exports as a constant.

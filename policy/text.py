@@ -59,3 +59,41 @@ class Vocabulary:
 
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in words(text) if w not in self.index]
+
+
+class UnknownInstructionError(ValueError):
+    """An instruction a cached-text policy has no text embedding for."""
+
+
+class InstructionVocabulary:
+    """The instructions of a policy whose text embeddings are cached (the cosmos backbone: the 7B text encoder
+    is not loaded for serving). Same interface as Vocabulary; a "token" is the instruction's row in the cache.
+    Instructions match after whitespace and case folding."""
+
+    def __init__(self, instructions: Sequence[str]) -> None:
+        self.tokens = list(instructions)
+        self.max_len = 1
+        self.index = {self.key(s): i for i, s in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens) or not self.tokens:
+            raise ValueError(f"cached instructions must be a non-empty list of distinct strings, got {self.tokens}")
+
+    @staticmethod
+    def key(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """int64 (B, 1): each instruction's index; an unseen one raises UnknownInstructionError listing the known."""
+        out = np.zeros((len(texts), 1), dtype=np.int64)
+        for row, text in enumerate(texts):
+            if self.key(text) not in self.index:
+                raise UnknownInstructionError(
+                    f"instruction {text!r} has no cached text embedding; this policy knows {self.tokens} (serve with "
+                    f"--text-encoder DIR to embed new instructions)")
+            out[row, 0] = self.index[self.key(text)]
+        return out
+
+    def unknown_words(self, text: str) -> list[str]:
+        return [] if self.key(text) in self.index else [text]

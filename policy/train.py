@@ -4,6 +4,8 @@
     dit4dit-train --data synthetic:moving_dot --preset tiny --out /tmp/dot.pt --steps 300
     torchrun --nproc-per-node 2 -m dit4dit.policy.train --data ... --preset small --out g1.pt   # DDP (gloo on CPU)
     torchrun --nproc-per-node 2 -m dit4dit.policy.train --data ... --preset paper ... --parallel fsdp   # FSDP
+    dit4dit-train --data DIR --preset cosmos2.5-2b --backbone Cosmos-Predict2.5-2B/ --text-embeddings text.pt \
+        --out g1.pt --precision bf16                   # the pretrained Cosmos video backbone (policy/cosmos.py)
 
 Two stages in one run (and one resumable step counter):
   1. frame tokenizer (presets without a pretrained one): the conv autoencoder learns to reconstruct the training
@@ -15,6 +17,13 @@ Two stages in one run (and one resumable step counter):
      clipping, EMA weights (what g1.pt holds).
 Checkpoints: --out (EMA weights + metadata, what the server loads) and <out stem>.resume.pt (raw weights, EMA,
 optimiser, step) every --save-every steps and at the end; --resume continues bit-for-bit from the latter.
+Cosmos presets (cosmos-tiny, cosmos2.5-2b): the transformer and Wan VAE load from --backbone DIR (local files
+only); no stage 1 (the VAE is pretrained and frozen, its latent statistics are its config's); each batch's clip
+(context frame + 4 x future_frames frames) is encoded by the VAE; the text is --text-embeddings (raw text-encoder
+outputs per instruction, cosmos.save_text_embeddings) or --text-encoder DIR (embedded here), projected once by the transformer's crossattn_proj (kept
+frozen so the checkpoint's per-instruction cache stays exact). Defaults: lr 1e-4 (action model), --video-lr 1e-5
+(backbone, the official recipe), gradient checkpointing of the video blocks; --freeze-backbone trains only the
+action model. A memory plan (weights, gradients, AdamW, EMA, activation estimate) is printed before step 1.
 Random draws come from a generator seeded by (seed, rank, step), so a run is deterministic with --seed and a
 resumed run repeats the uninterrupted one.
 --parallel fsdp (torchrun, world size > 1; on one process it is a no-op with a message): stage 1 stays DDP (the
@@ -46,7 +55,7 @@ from .data import TrainingData, TrainingDataError, load_training_data
 from .flow import dual_flow_matching_loss
 from .model import PRESETS, DiT4DiT, DiT4DiTConfig, DiTBlock, EncoderBlock, load_component, preset_config, save_component
 from .normalize import Normalizer
-from .text import Vocabulary
+from .text import InstructionVocabulary, Vocabulary
 
 RESUME_FORMAT = "dit4dit-train-state"
 
@@ -65,8 +74,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer-steps", type=int, default=1000, help="frame autoencoder steps (stage 1)")
     p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--tokenizer-batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--video-lr", type=float, default=None, help="LR of the video DiT (default: --lr)")
+    p.add_argument("--lr", type=float, default=None, help="default 3e-4; cosmos presets 1e-4 (the action model)")
+    p.add_argument("--video-lr", type=float, default=None,
+                   help="LR of the video DiT (default: --lr; cosmos presets 1e-5, the backbone)")
+    p.add_argument("--backbone", metavar="DIR", default=None,
+                   help="cosmos presets: local Cosmos-Predict2.5 folder in the diffusers layout (transformer/, vae/)")
+    p.add_argument("--text-embeddings", metavar="FILE", default=None,
+                   help="cosmos presets: raw text-encoder outputs per instruction (cosmos.save_text_embeddings)")
+    p.add_argument("--text-encoder", metavar="DIR", default=None,
+                   help="cosmos presets, instead of --text-embeddings: embed the dataset's instructions with this local "
+                        "Qwen2.5-VL text encoder (cosmos.CosmosTextEncoder)")
+    p.add_argument("--freeze-backbone", action="store_true", help="cosmos presets: train only the action model")
+    p.add_argument("--no-gradient-checkpointing", action="store_true",
+                   help="cosmos presets: keep every video block's activations (default: recompute them in backward)")
     p.add_argument("--tokenizer-lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: min(500, steps/10))")
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -187,6 +207,47 @@ def full_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
 
 
+def memory_plan(model: DiT4DiT, batch: int, precision: str) -> str:
+    """Bytes the step needs, before it runs: weights, gradients, AdamW moments and EMA of the trainable
+    parameters, frozen weights, and an estimate of the video blocks' activations (checkpointed: one block's
+    internals plus each block's input; otherwise every block's internals)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    cfg = model.cfg
+    act_bytes = 2 if precision == "bf16" else 4
+    tokens, width = cfg.condition_tokens, cfg.video_width
+    per_block = batch * tokens * width * act_bytes * (12 + 2 * cfg.mlp_ratio)  # q k v, attention out, norms, MLP
+    checkpointed = getattr(getattr(model, "video", None), "gradient_checkpointing", False)
+    passes = 2  # the video-loss pass and the extraction pass
+    acts = passes * (per_block + cfg.video_depth * batch * tokens * width * act_bytes if checkpointed
+                     else cfg.video_depth * per_block)
+    gib = lambda n: f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"  # noqa: E731
+    rows = [("trainable weights (fp32)", 4 * trainable), ("gradients (fp32)", 4 * trainable),
+            ("AdamW moments (fp32)", 8 * trainable), ("EMA (fp32)", 4 * trainable), ("frozen weights (fp32)", 4 * frozen),
+            (f"video activations, batch {batch}, {'checkpointed' if checkpointed else 'kept'} (estimate)", acts)]
+    total = sum(n for _, n in rows)
+    lines = [f"memory plan ({cfg.preset}, {trainable / 1e6:.2f} M trainable + {frozen / 1e6:.2f} M frozen parameters):"]
+    lines += [f"  {name:<55} {gib(n):>10}" for name, n in rows]
+    lines.append(f"  {'total, one process, unsharded':<55} {gib(total):>10}")
+    return "\n".join(lines)
+
+
+def cosmos_batch(model: DiT4DiT, data: TrainingData, text: torch.Tensor, state: torch.Tensor, actions: torch.Tensor,
+                 index: np.ndarray) -> dict[str, torch.Tensor]:
+    """make_batch for the cosmos backbone: each sample's clip (context frame, then temporal_factor x future_frames
+    frames at future_stride) encoded by the frozen VAE, so latent frame 1.. is the future, as Cosmos was trained."""
+    cfg, device = model.cfg, model.extraction_noise.device
+    factor = model.tokenizer.temporal_factor
+    w = data.windows(index, 1, factor * cfg.future_frames, cfg.future_stride, cfg.chunk_length)
+    clip = np.concatenate([w["context"], w["future"]], axis=1)  # (B, 1 + 4 Tf)
+    frames = frames_tensor(data.frames[clip.reshape(-1)]).to(device).reshape(len(index), clip.shape[1], 3,
+                                                                             cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        z = model.tokenizer.encode_video(frames)  # (B, 1 + Tf, C, h, w)
+    return {"context": z[:, :1], "future": z[:, 1:], "text": text[torch.from_numpy(w["episode"])],
+            "state": state[torch.from_numpy(index)], "actions": actions[torch.from_numpy(w["actions"])]}
+
+
 def shard_policy(step_module: nn.Module, model: DiT4DiT, world: int, device: torch.device) -> None:
     """FSDP2: each transformer block, then the loss module as the root (its forward is the one the loss calls, so
     the parameters outside blocks are gathered for the whole step). The frozen tokenizer is left unsharded."""
@@ -197,8 +258,13 @@ def shard_policy(step_module: nn.Module, model: DiT4DiT, world: int, device: tor
     # about in-place ops on views skipping the pre-backward hook does not apply (the fsdp test matches DDP exactly)
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(device.type, (world,))
+    blocks: tuple[type, ...] = (DiTBlock, EncoderBlock)
+    if model.cfg.backbone == "cosmos":
+        from diffusers.models.transformers.transformer_cosmos import CosmosTransformerBlock
+
+        blocks += (CosmosTransformerBlock,)
     for m in model.modules():
-        if isinstance(m, (DiTBlock, EncoderBlock)):
+        if isinstance(m, blocks):
             fully_shard(m, mesh=mesh)
     fully_shard(step_module, mesh=mesh, ignored_params=set(model.tokenizer.parameters()))
 
@@ -305,7 +371,20 @@ def train(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.override, "--override")
     base = preset_config(args.preset)
-    if base.requires_pretrained and not (overrides.get("tokenizer_path") and overrides.get("text_encoder_path")):
+    is_cosmos = base.backbone == "cosmos"
+    if args.lr is None:
+        args.lr = 1e-4 if is_cosmos else 3e-4
+    if args.video_lr is None and is_cosmos:
+        args.video_lr = 1e-5
+    if is_cosmos and not (args.backbone and (args.text_embeddings or args.text_encoder)):
+        raise TrainError(f"the {args.preset} preset loads its video backbone from a local folder and its text from "
+                         f"cached embeddings: pass --backbone DIR (diffusers layout) and --text-embeddings FILE or "
+                         f"--text-encoder DIR; nothing is downloaded")
+    if (args.backbone or args.freeze_backbone) and not is_cosmos:
+        raise TrainError(f"--backbone/--freeze-backbone are for the cosmos presets, not {args.preset!r}")
+    if is_cosmos and args.save_components:
+        raise TrainError("--save-components writes the project's own tokenizer/text encoder; cosmos presets have neither")
+    if not is_cosmos and base.requires_pretrained and not (overrides.get("tokenizer_path") and overrides.get("text_encoder_path")):
         raise TrainError(f"the {args.preset} preset loads its frame tokenizer and text encoder from local files: pass "
                          f"--override tokenizer_path=PATH --override text_encoder_path=PATH (files written by "
                          f"dit4dit-train --save-components); nothing is downloaded")
@@ -328,15 +407,36 @@ def train(args: argparse.Namespace) -> int:
         raise TrainError(f"frames are {data.frames.shape[1]} px but the model takes {cfg.image_size}")
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank
-    model = DiT4DiT(cfg).to(device)
-    if cfg.text_encoder_path:  # a pretrained text encoder stays frozen, as the paper's
+    if is_cosmos:
+        from .checkpoint import cosmos_model
+        from .cosmos import CosmosTextEncoder, read_text_embeddings
+
+        if args.text_embeddings:
+            names, raw_text = read_text_embeddings(args.text_embeddings, cfg.cosmos)
+        else:
+            names = list(data.instructions)
+            raw_text = CosmosTextEncoder(args.text_encoder, cfg.cosmos["text_length"])(names)
+        vocab = InstructionVocabulary(names)
+        missing = [s for s in data.instructions if InstructionVocabulary.key(s) not in vocab.index]
+        if missing:
+            raise TrainError(f"{args.text_embeddings} has no embedding for the dataset's instructions {missing}; "
+                             f"it has {names}")
+        model = cosmos_model(cfg, args.backbone, names, raw_text).to(device)
+        cfg = model.cfg
+        model.video.transformer.crossattn_proj.requires_grad_(False)  # the cached contexts stay exact
+        if args.freeze_backbone:
+            model.video.requires_grad_(False)
+        model.video.gradient_checkpointing = not args.no_gradient_checkpointing
+    elif cfg.text_encoder_path:  # a pretrained text encoder stays frozen, as the paper's
+        model = DiT4DiT(cfg).to(device)
         blob = load_component(model.text, "text_encoder", cfg.text_encoder_path)
         vocab = Vocabulary(blob["vocab"], cfg.max_text_len)
         model.text.requires_grad_(False)
     else:
+        model = DiT4DiT(cfg).to(device)
         vocab = Vocabulary.build(data.instructions, cfg.max_text_len, cfg.vocab_size)
-    pretrained_tokenizer = bool(cfg.tokenizer_path)
-    if pretrained_tokenizer:
+    pretrained_tokenizer = bool(cfg.tokenizer_path) or is_cosmos
+    if cfg.tokenizer_path:
         load_component(model.tokenizer, "frame_tokenizer", cfg.tokenizer_path)
     tokenizer_steps = 0 if pretrained_tokenizer else args.tokenizer_steps
 
@@ -348,9 +448,9 @@ def train(args: argparse.Namespace) -> int:
     tok_opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=args.tokenizer_lr, weight_decay=0.0)
 
     def policy_optimizer() -> tuple[list[dict[str, Any]], torch.optim.Optimizer]:
-        groups = [{"params": [p for n, p in model.named_parameters() if n.startswith("video.")],
+        groups = [{"params": [p for n, p in model.named_parameters() if n.startswith("video.") and p.requires_grad],
                    "lr": args.video_lr or args.lr, "name": "video"},
-                  {"params": [p for n, p in model.named_parameters()
+                  {"params": [p for n, p in model.named_parameters() if p.requires_grad
                               if not n.startswith(("video.", "tokenizer.")) and not (cfg.text_encoder_path and n.startswith("text."))],
                    "lr": args.lr, "name": "policy"}]
         groups = [g for g in groups if g["params"]]
@@ -457,7 +557,7 @@ def train(args: argparse.Namespace) -> int:
 
     # ---- stage 2: the policy (dual flow matching)
     if step < stop_at:
-        latents = encode_all(model, data.frames).to(device)  # (N, C, h, w): every frame encoded once
+        latents = None if is_cosmos else encode_all(model, data.frames).to(device)  # (N, C, h, w): each frame once
         if fsdp:  # the parameters become sharded DTensors: optimiser and EMA are rebuilt on them (fresh stage 2)
             train_step = TrainStep(model)
             shard_policy(train_step, model, world, device)
@@ -468,13 +568,16 @@ def train(args: argparse.Namespace) -> int:
         model.train()
         model.tokenizer.eval()
         seen, tick, first_policy_step = 0, time.time(), step
+        if rank == 0:
+            print(memory_plan(model, args.batch_size, args.precision), file=sys.stderr, flush=True)
         while step < stop_at:
             policy_step = step - tokenizer_steps
             factor = lr_factor(policy_step, args.steps, warmup)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
             idx = sample_rng(step).integers(0, data.num_frames, size=args.batch_size)
-            batch = make_batch(data, latents, text_t, state_t, action_t, cfg, idx)
+            batch = (cosmos_batch(model, data, text_t, state_t, action_t, idx) if is_cosmos
+                     else make_batch(data, latents, text_t, state_t, action_t, cfg, idx))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 losses = train_step(batch, step_generator(args.seed, rank, step, device))
             opt.zero_grad(set_to_none=True)

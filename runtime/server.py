@@ -682,7 +682,9 @@ def dummy_observation(metadata: Mapping[str, Any], batch: int | None = None, see
         shape = (int(size["height"]), int(size["width"]), 3)
         images[name] = rng.integers(0, 256, ((batch,) if batch else ()) + shape, dtype=np.uint8)
     state = np.zeros(((batch,) if batch else ()) + (len(metadata["state_names"]),), np.float32)
-    instruction = [""] * batch if batch else ""
+    # a cached-text policy (cosmos backbone) knows only its instructions; a word-vocabulary one takes any text
+    known = metadata.get("instructions") or [""]
+    instruction = [known[0]] * batch if batch else known[0]
     return {"images": images, "state": state, "instruction": instruction}
 
 
@@ -746,6 +748,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default localhost only)")
     p.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda if available")
     p.add_argument("--engines", type=Path, default=None, help="folder written by dit4dit-export (ONNX graphs, TensorRT engines)")
+    p.add_argument("--text-encoder", type=Path, default=None, metavar="DIR",
+                   help="cosmos checkpoints: a local Qwen2.5-VL text encoder that embeds instructions the checkpoint has "
+                        "not cached (torch backend); without it an unseen instruction is refused")
     p.add_argument("--token", default=None, help="shared secret every request must carry (>= 8 characters)")
     p.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (server.key_secret + authorized/)")
     p.add_argument("--make-curve-keys", type=Path, default=None, metavar="DIR",
@@ -797,6 +802,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      threads=threads)
     except (BackendError, CheckpointError, ParityError) as exc:
         raise SystemExit(f"dit4dit-serve: {exc}") from None
+    if args.text_encoder is not None:
+        from dit4dit.policy.cosmos import BackboneError, CosmosTextEncoder
+
+        if policy.cfg.backbone != "cosmos":
+            raise SystemExit("dit4dit-serve: --text-encoder is for checkpoints with the cosmos backbone")
+        try:
+            # on the CPU: the 7B encoder must not take the serving GPU's memory; it runs once per new instruction
+            policy.text_encoder = CosmosTextEncoder(args.text_encoder, policy.cfg.cosmos["text_length"], "cpu")
+        except BackboneError as exc:
+            raise SystemExit(f"dit4dit-serve: {exc}") from None
     max_batch = min(args.max_batch, int(getattr(policy.engine, "max_batch", args.max_batch)))  # TensorRT profiles cap it
     batch, single, per_item = measure_batching(policy, max_batch)  # also compiles the compiled engine's batch sizes
     log.info("batching: %.1f ms per request alone, %.1f ms per request in a batch of %d -> max batch %d",

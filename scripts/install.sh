@@ -30,4 +30,10 @@ $PYTHON -m pip install -q torch==2.13.0
 # cyclonedds 11 but declares cyclonedds>=0.10.2 (no wheel), hence --no-deps after installing cyclonedds.
 $PYTHON -m pip install -q cyclonedds==11.0.1
 $PYTHON -m pip install -q --no-deps unitree-sdk2py-dimos==1.0.3
-$PYTHON -m pip install -q -e ".[sim,policy,train,realsense,dev]"
+$PYTHON -m pip install -q -e ".[sim,policy,train,realsense,cosmos,dev]"
+# torchvision must not be present (a CUDA wheel from PyPI breaks `import transformers` against the CPU torch);
+# nothing in .[cosmos] requires it, this removes one that something else pulled in.
+if $PYTHON -m pip show -q torchvision >/dev/null 2>&1; then
+    echo "install.sh: uninstalling torchvision (a PyPI CUDA build breaks transformers against CPU torch; see README)"
+    $PYTHON -m pip uninstall -y -q torchvision
+fi
