@@ -619,6 +619,9 @@ class G1Sim:
             from dit4dit.drivers.sim import tasks as tasks_mod  # tasks build on this module
 
             task_obj = tasks_mod.get_task(task)  # KeyError naming the known tasks
+            if task_obj.grasps and not self.hand_sides:
+                raise SceneError(f"task {task!r} grasps: it needs the Dex3 hands (SceneConfig(hands=True), "
+                                 "dit4dit-sim --hands)")
         with self.lock:
             m, d = self.model, self.data
             mujoco.mj_resetData(m, d)
