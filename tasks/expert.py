@@ -61,11 +61,13 @@ GRASP_PITCH = 0.3  # rad about the palm's z (fingertips up, thumb up: it clears 
 HAND_FIST = np.array([0.0, 0.72, -1.74, 1.5, 1.7, 1.5, 1.7])  # out of the table's way while the arm travels
 HAND_OPEN = np.array([0.0, 0.72, -1.74, 0.0, 0.0, 0.0, 0.0])  # thumb back, fingers straight: room for the block
 HAND_CLOSED = np.array([0.0, -0.6, -1.74, 1.4, 1.4, 1.4, 1.4])  # past contact, so the fingers squeeze
+HAND_RELEASE = np.array([0.0, 0.72, -1.0, 0.0, 0.0, 0.0, 0.0])  # thumb swung well away: the block drops free
 HAND_KP, HAND_KD = 1.5, 0.2  # xr_teleoperate's Dex3 gains
 GRASP_ABOVE = 0.10  # m above the grasp where the hand opens, clear of the block
 CARRY_UP = 0.12  # m the held block is lifted above its grasp height
 GRASP_CLEAR_X, GRASP_LIFT_Z = 0.12, 0.95  # m: the hand rises further back and higher than for reaching, so the
 # fingers and thumb (which stick out further than the rubber hand) clear the table's edge
+CARRY_KEY = 8  # index of the keyframe with the block lifted
 BOWL_DROP = 0.07  # m above the bowl's base where the hand opens
 
 
@@ -140,8 +142,8 @@ class ScriptedExpert:
             bowl = d.xpos[tasks_mod._body_id(m, tasks_mod.BOWL)]
             over = np.array([bowl[0], bowl[1], 0.0]) + R @ (site_in_palm - GRASP_IN_PALM)
             over[2] = tasks_mod.table_top_z(m, d) + BOWL_DROP + (grasp[2] - block[2]) + CARRY_UP * 0.6
-            k += [(7.5, over, HAND_CLOSED), (8.0, over - 0.04 * up, HAND_CLOSED), (8.6, over - 0.04 * up, HAND_OPEN),
-                  (9.4, over + 0.04 * up, HAND_OPEN)]
+            k += [(7.5, over, HAND_CLOSED), (8.0, over - 0.04 * up, HAND_CLOSED), (8.6, over - 0.04 * up, HAND_RELEASE),
+                  (9.4, over + 0.04 * up, HAND_RELEASE)]
         return k, R
 
     def _plan_grasp(self, task: Task, sim: Any, q_hold: np.ndarray) -> ExpertPlan:
@@ -166,7 +168,10 @@ class ScriptedExpert:
             target = np.eye(4)
             target[:3, 3] = R_t.T @ (path[k] - p_t)
             target[:3, :3] = R_t.T @ _slerp(R_start, R, float(np.clip((k - turn_from) / (turn_to - turn_from), 0, 1)))
-            res = self.kin.ik(frame, target, q, max_iters=80, tol_pos_m=5e-4, tol_rot_rad=5e-3)
+            # Once the block is held, position alone: the carry reaches further than the grasp orientation allows.
+            carrying = k / self.control_hz > keys[CARRY_KEY][0]
+            res = self.kin.ik(frame, target, q, max_iters=80, tol_pos_m=5e-4, tol_rot_rad=5e-3,
+                              position_only=carrying)
             q = res.q
             worst = max(worst, res.pos_err_m)
             knots[k] = q

@@ -51,7 +51,7 @@ REGIONS: dict[str, tuple[float, float, float, float]] = {
 PUSH_DISTANCE = (0.09, 0.11)  # target sits this far in front (+x) of the green block...
 PUSH_LATERAL = 0.015  # ...give or take this much sideways
 BOWL_REGION = (0.50, 0.56, 0.14, 0.22)
-PICK_BOWL_REGION = (0.50, 0.54, -0.17, -0.11)  # pick_place: the bowl in front of the red block's region
+PICK_BOWL_REGION = (0.38, 0.42, -0.33, -0.30)  # pick_place: the bowl in front of the red block's region
 BOWL_INNER = 0.055  # m: block centre within this of the bowl's centre (inner radius 0.066 less a margin)
 BOWL_REST_Z = 0.05  # m above the table: a block centre lower than this rests in the bowl, not on its rim
 LIFT_HEIGHT = 0.05  # m: lift_red's block bottom above the table
@@ -206,9 +206,10 @@ class Task:
             block, bowl = data.xpos[_body_id(model, self.obj)], data.xpos[_body_id(model, BOWL)]
             d = float(np.linalg.norm((block - bowl)[:2]))
             height = float(block[2] - table_top_z(model, data))
-            ok = d < BOWL_INNER and height < BOWL_REST_Z
+            held = touches_robot(model, data, self.obj)
+            ok = d < BOWL_INNER and height < BOWL_REST_Z and not held
             return TaskStatus(ok, {"block_to_bowl_m": round(d, 4), "tolerance_m": BOWL_INNER,
-                                   "block_height_m": round(height, 4)})
+                                   "block_height_m": round(height, 4), "in_hand": held})
         if self.kind == "lift":
             b = _body_id(model, self.obj)
             bottom = float(data.xpos[b][2] - _half_height(model, b) - table_top_z(model, data))
@@ -226,6 +227,17 @@ class Task:
 
     def object_poses(self, model: Any, data: Any) -> dict[str, list[float]]:
         return object_poses(model, data)
+
+
+def touches_robot(model: Any, data: Any, body_name: str) -> bool:
+    """Whether a body is in contact with the robot (any geom under the robot's root body)."""
+    b = _body_id(model, body_name)
+    robot = model.body_rootid[_body_id(model, ROBOT_ROOT)]
+    for c in data.contact[: data.ncon]:
+        b1, b2 = model.geom_bodyid[c.geom1], model.geom_bodyid[c.geom2]
+        if b in (b1, b2) and robot in (model.body_rootid[b1], model.body_rootid[b2]):
+            return True
+    return False
 
 
 def object_poses(model: Any, data: Any) -> dict[str, list[float]]:
