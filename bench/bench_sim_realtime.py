@@ -5,6 +5,8 @@ old way), side by side.
     python bench/bench_sim_realtime.py                      # 3 interleaved 10 s runs per configuration
     python bench/bench_sim_realtime.py --burn 2             # with 2 CPU-burning processes beside it
     python bench/bench_sim_realtime.py --priorities 0 --repeat 1   # normal scheduling only, one run each
+    python bench/bench_sim_realtime.py --hands --priorities 0      # also dit4dit-sim --hands, the hands closing
+                                                                   # and opening on rt/dex3/*/cmd at 100 Hz
 
 Per configuration: dit4dit-sim in its own process (head camera 320x240@30), a driver process running
 ``G1Robot(G1RobotConfig(interface="lo", domain=D))`` (its 500 Hz publisher thread sends every LowCmd
@@ -48,14 +50,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _driver(domain: int, control: str, seconds: float, out: Any) -> None:
-    """Spawned: G1Robot's 500 Hz publisher against the sim; the sim's stats over the window and our counts."""
+def _driver(domain: int, control: str, seconds: float, out: Any, hands: bool = False) -> None:
+    """Spawned: G1Robot's 500 Hz publisher against the sim; the sim's stats over the window and our counts.
+    With ``hands`` both Dex3 hands close into fists and open again (1 s period) on rt/dex3/*/cmd: finger
+    contacts with each other's links are off (robot geoms do not collide), so this costs the hands' own
+    dynamics and DDS traffic, not a grasp's contacts (bench_sim.py's in-process rows measure those)."""
     from dit4dit.drivers import g1_spec
     from dit4dit.drivers.g1_robot import G1Robot, G1RobotConfig
     from dit4dit.drivers.sim.bridge import control_request
 
     try:
-        robot = G1Robot(G1RobotConfig(interface="lo", domain=domain))
+        robot = G1Robot(G1RobotConfig(interface="lo", domain=domain, hands=hands))
         robot.connect(timeout_s=60.0)
         try:
             kp, kd = g1_spec.gains_array()
@@ -71,6 +76,10 @@ def _driver(domain: int, control: str, seconds: float, out: Any) -> None:
             while time.monotonic() - t0 < seconds:  # a moving target, as a policy sends
                 q[arm] = g1_spec.HOME_POSE[arm] + 0.1 * np.sin(time.monotonic() - t0)
                 robot.command(q, kp, kd)
+                if hands:
+                    closing = 0.5 - 0.5 * np.cos(2 * np.pi * (time.monotonic() - t0))
+                    for side, hand in robot.hands.items():
+                        hand.command(g1_spec.DEX3_LOWER[side] + closing * (g1_spec.DEX3_UPPER[side] - g1_spec.DEX3_LOWER[side]))
                 time.sleep(0.01)
             wall = time.monotonic() - t0
             s1 = dict(robot.stats)
@@ -78,12 +87,14 @@ def _driver(domain: int, control: str, seconds: float, out: Any) -> None:
         finally:
             robot.disconnect()
         out.put({"report": report, "lowstate_hz": (s1["states_received"] - s0["states_received"]) / wall,
-                 "sent_hz": (s1["published"] - s0["published"]) / wall})
+                 "sent_hz": (s1["published"] - s0["published"]) / wall,
+                 "hand_state_hz": report["hand_state_published"] / report["window_s"] / 2 if hands else None})
     except Exception as e:  # noqa: BLE001 - reported to the parent
         out.put({"error": f"{type(e).__name__}: {e}"})
 
 
 def measure(label: str, extra: list[str], seconds: float, domain: int) -> dict[str, Any]:
+    hands = "--hands" in extra
     from dit4dit.drivers.sim.bridge import wait_for_sim
 
     ctrl = _free_port()
@@ -97,7 +108,7 @@ def measure(label: str, extra: list[str], seconds: float, domain: int) -> dict[s
         except RuntimeError as e:
             raise RuntimeError(f"{e}: {proc.stdout.read()[-2000:]}") from None
         out = CTX.Queue()
-        p = CTX.Process(target=_driver, args=(domain, addr, seconds, out), daemon=True)
+        p = CTX.Process(target=_driver, args=(domain, addr, seconds, out, hands), daemon=True)
         p.start()
         res = out.get(timeout=seconds + 120)
         p.join(10)
@@ -142,6 +153,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per configuration")
     ap.add_argument("--burn", type=int, default=0, help="CPU-burning processes running during the measurements")
     ap.add_argument("--domain", type=int, default=None, help="DDS domain (default: random in 100..199)")
+    ap.add_argument("--hands", action="store_true", help="add render-process rows with dit4dit-sim --hands")
     args = ap.parse_args()
     domain = args.domain if args.domain is not None else random.SystemRandom().randint(100, 199)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)]
@@ -149,6 +161,9 @@ def main() -> None:
     configs = [(f"{where}, rt-priority {prio}", [*flag, "--rt-priority", str(prio)])
                for prio in (int(p) for p in args.priorities.split(","))
                for where, flag in (("in-process thread", ["--render-in-process"]), ("render process", []))]
+    if args.hands:
+        configs += [(f"render process, Dex3 hands, rt-priority {prio}", ["--hands", "--rt-priority", str(prio)])
+                    for prio in (int(p) for p in args.priorities.split(","))]
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in configs}
     try:
         for _ in range(args.repeat):
@@ -162,7 +177,7 @@ def main() -> None:
           f"at start, {os.getloadavg()[0]:.1f} at end; camera {CAMERA}; {args.repeat} x {args.seconds:g} s per row; "
           f"MUJOCO_GL={os.environ.get('MUJOCO_GL')})")
     head = ("rendering", "RTF", "step late p50/p99/max ms", "late steps", "overruns", "lowstate Hz", "lowcmd/s",
-            "cmd->apply p50/p99/max ms", "frames/s", "exit")
+            "cmd->apply p50/p99/max ms", "frames/s", "rt/dex3 state Hz/hand", "exit")
     table = [head]
     for label, rs in runs.items():
         reps = [r["report"] for r in rs]
@@ -175,6 +190,7 @@ def main() -> None:
                       f"{float(np.median([r['lowstate_hz'] for r in rs])):.0f}", f"{med(lambda r: r['lowcmd_per_s']):.0f}",
                       _ms(_summary(reps, "command_latency_ms")),
                       f"{med(lambda r: sum(r['frames'].values()) / r['window_s']):.1f}",
+                      "-" if rs[0]["hand_state_hz"] is None else f"{np.median([r['hand_state_hz'] for r in rs]):.0f}",
                       ",".join(sorted({str(r["exit"]) for r in rs}))))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for k, row in enumerate(table):

@@ -127,14 +127,59 @@ MAX_GYRO = 6.0
 MAX_WINDING_TEMP_C = 120
 MAX_CASING_TEMP_C = 85
 
-# Dex3-1 hand: 7 joints per side, message order thumb_0..2, index_0..1, middle_0..1 (unitree_mujoco order).
+# ---- Dex3-1 hands: 7 joints a side. The project's order is the hand message's motor order (HandCmd_.motor_cmd[i],
+# HandState_.motor_state[i]), left hand then right hand, each thumb_0..2, index_0..1, middle_0..1.
+#
+# What the sources say (shared/reference/g1-interface.md §6.1, checked 2026-12):
+# - unitree_mujoco's g1_joint_index_dds.md numbers both hands 0 thumb_0, 1 thumb_1, 2 thumb_2, 3 index_0,
+#   4 index_1, 5 middle_0, 6 middle_1. This table follows it.
+# - Unitree's G1 Dex3 datasets (and xr_teleoperate, citing Unitree's "sort by message structure" note) order the
+#   left hand thumb_0..2, middle_0..1, index_0..1 and the right hand thumb_0..2, index_0..1, middle_0..1; that is,
+#   the left hand's index and middle pairs are swapped against unitree_mujoco and the two hands disagree.
+# - unitree_sdk2py carries no joint names at all: idl/default.py sizes HandCmd_/HandState_ to 7 motors, and the
+#   mode byte packs only the motor id (drivers/hands.py).
+# Index and middle have the same limits, effort and velocity on each side, so the disagreement can only swap
+# labels (which finger moves), never send a value outside a joint's limits. DATASET_ORDER converts; verify on a
+# real hand before training on Unitree's data with finger-specific labels.
+@dataclass(frozen=True)
+class HandJoint:
+    side: str  # "left" | "right"
+    motor: int  # 0..6, the slot in the side's HandCmd_/HandState_
+    short: str  # thumb_0 .. middle_1
+    name: str  # MJCF/URDF joint name, left_hand_thumb_0_joint
+    lower: float  # rad (Unitree's g1_29dof_with_hand_rev_1_0.urdf)
+    upper: float
+    effort: float  # N·m
+    velocity: float  # rad/s
+
+
 DEX3_JOINTS = ("thumb_0", "thumb_1", "thumb_2", "index_0", "index_1", "middle_0", "middle_1")
+HAND_SIDES = ("left", "right")
 # fmt: off
-DEX3_LOWER = {"left":  np.array([-1.0472, -0.7243, 0.0,     -1.5708, -1.7453, -1.5708, -1.7453]),
-              "right": np.array([-1.0472, -1.0472, -1.7453,  0.0,     0.0,     0.0,     0.0])}
-DEX3_UPPER = {"left":  np.array([1.0472,  1.0472,  1.7453,   0.0,     0.0,     0.0,     0.0]),
-              "right": np.array([1.0472,  0.7243,  0.0,      1.5708,  1.7453,  1.5708,  1.7453])}
+_DEX3_LIMITS = {  # short name: (left lower, left upper, right lower, right upper, effort, velocity)
+    "thumb_0":  (-1.0472,  1.0472, -1.0472, 1.0472, 2.45, 6.857),
+    "thumb_1":  (-0.7243,  1.0472, -1.0472, 0.7243, 1.4, 12.0),
+    "thumb_2":  ( 0.0,     1.7453, -1.7453, 0.0,    1.4, 12.0),
+    "index_0":  (-1.5708,  0.0,     0.0,    1.5708, 1.4, 12.0),
+    "index_1":  (-1.7453,  0.0,     0.0,    1.7453, 1.4, 12.0),
+    "middle_0": (-1.5708,  0.0,     0.0,    1.5708, 1.4, 12.0),
+    "middle_1": (-1.7453,  0.0,     0.0,    1.7453, 1.4, 12.0),
+}
 # fmt: on
+HAND_JOINTS: tuple[HandJoint, ...] = tuple(
+    HandJoint(side, i, short, f"{side}_hand_{short}_joint",
+              _DEX3_LIMITS[short][0 if side == "left" else 2], _DEX3_LIMITS[short][1 if side == "left" else 3],
+              _DEX3_LIMITS[short][4], _DEX3_LIMITS[short][5])
+    for side in HAND_SIDES for i, short in enumerate(DEX3_JOINTS)
+)
+HAND_JOINT_NAMES: tuple[str, ...] = tuple(j.name for j in HAND_JOINTS)  # 14, the project's order
+DEX3_LOWER = {side: np.array([j.lower for j in HAND_JOINTS if j.side == side]) for side in HAND_SIDES}
+DEX3_UPPER = {side: np.array([j.upper for j in HAND_JOINTS if j.side == side]) for side in HAND_SIDES}
+DEX3_EFFORT = {side: np.array([j.effort for j in HAND_JOINTS if j.side == side]) for side in HAND_SIDES}
+# Unitree's G1 Dex3 dataset order of the 14 hand values (after the 14 arm joints in their 28-D vectors).
+DATASET_ORDER: tuple[str, ...] = tuple(
+    f"left_hand_{s}_joint" for s in ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1", "index_0", "index_1")
+) + tuple(f"right_hand_{s}_joint" for s in DEX3_JOINTS)
 
 
 def joint_index(name: str) -> int:
@@ -151,3 +196,12 @@ def gains_array(gains: dict[str, tuple[float, float]] | None = None) -> tuple[np
     kp = np.array([gains[j.group][0] for j in JOINTS], dtype=np.float64)
     kd = np.array([gains[j.group][1] for j in JOINTS], dtype=np.float64)
     return kp, kd
+
+
+def dataset_to_hand_order(values: np.ndarray) -> np.ndarray:
+    """Hand values (..., 14) in Unitree's dataset order (DATASET_ORDER) -> the project's order (HAND_JOINT_NAMES)."""
+    values = np.asarray(values)
+    if values.shape[-1] != len(HAND_JOINT_NAMES):
+        raise ValueError(f"expected {len(HAND_JOINT_NAMES)} hand values in Unitree's dataset order "
+                         f"({', '.join(DATASET_ORDER)}), got shape {values.shape}")
+    return values[..., [DATASET_ORDER.index(n) for n in HAND_JOINT_NAMES]]

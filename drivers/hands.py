@@ -2,8 +2,9 @@
 
 Each motor command's ``mode`` byte packs: bits 0-3 motor id (0-6), bits 4-6 status (1 = in use),
 bit 7 timeout. A stopped hand is sent timeout = 1 with kp = kd = 0. Motor order in the message is
-``g1_spec.DEX3_JOINTS`` (thumb_0..2, index_0..1, middle_0..1; unitree_mujoco's order; index and
-middle share limits, so only the labels are at stake if a unit orders them the other way).
+``g1_spec.DEX3_JOINTS`` (thumb_0..2, index_0..1, middle_0..1; the joint table is ``g1_spec.HAND_JOINTS``,
+whose comment records where the sources disagree: index and middle share limits, so only the labels are at
+stake if a unit orders them the other way).
 
 The hands are sent with G1Robot's commands at ``hand_rate_hz`` (100 Hz, as Unitree's tools); this
 module only holds the targets, builds messages and parses state. A state's ``stamp`` is when the hand

@@ -9,6 +9,8 @@ from dit4dit.drivers import g1_spec
 from dit4dit.drivers.sim import g1_model
 from dit4dit.drivers.sim.scene import (
     BLOCKS,
+    FINGER_CONDIM,
+    GRASP_IMPRATIO,
     OBJECTS,
     SPAWN_X,
     SPAWN_Y,
@@ -19,6 +21,7 @@ from dit4dit.drivers.sim.scene import (
     SceneConfig,
     SceneError,
     build_scene_xml,
+    load_scene,
 )
 
 ARM_POSE = g1_spec.HOME_POSE.copy()
@@ -308,3 +311,72 @@ def test_same_seed_and_commands_give_the_same_trajectory() -> None:
             s.close()
     np.testing.assert_array_equal(finals[0][0], finals[1][0])
     np.testing.assert_array_equal(finals[0][1], finals[1][1])
+
+
+def test_grasp_physics_only_in_the_dex3_scene() -> None:
+    default = load_scene(SceneConfig(tabletop=False))
+    assert default.opt.cone == mujoco.mjtCone.mjCONE_PYRAMIDAL and default.opt.impratio == 1.0
+    hands = load_scene(SceneConfig(hands=True, tabletop=False))
+    assert hands.opt.cone == mujoco.mjtCone.mjCONE_ELLIPTIC and hands.opt.impratio == GRASP_IMPRATIO
+    tip = hands.geom("right_thumb_tip").id
+    assert hands.geom_condim[tip] == FINGER_CONDIM and hands.geom_friction[tip][0] == 1.5
+
+
+def test_dex3_fingers_settle_at_the_500hz_step() -> None:
+    """Closed on a target, the fingers come to rest (an explicit kd·dq at 2 ms made them chatter at ~10 rad/s)."""
+    s = G1Sim(SceneConfig(hands=True, tabletop=False))
+    try:
+        target = np.array([0.0, -0.5, -1.2, 1.2, 1.2, 1.2, 1.2])  # right hand
+        s.set_hand_command("right", target, 1.5, 0.2)
+        s.step(500)
+        speeds = [np.abs(s.hand_state("right")["dq"]).max() for _ in range(100) if s.step(1) is None]
+        assert max(speeds) < 0.05, f"fingers still moving at {max(speeds):.2f} rad/s after 1 s"
+        np.testing.assert_allclose(s.hand_state("right")["q"], target, atol=0.03)
+        tau = s.hand_state("right")["tau"]
+        assert np.all(np.abs(tau) <= g1_spec.DEX3_EFFORT["right"] + 1e-9)
+    finally:
+        s.close()
+
+
+def test_dex3_grasp_holds_the_block_while_the_arm_lifts() -> None:
+    """The red block is put between the open right hand's thumb and fingers and the hand closes on it; then the
+    arm lifts (shoulder back, elbow up) and the block must rise with the palm, fixed in the palm's frame."""
+    s = G1Sim(SceneConfig(hands=True))
+    try:
+        m, d = s.model, s.data
+        kp, kd = g1_spec.gains_array()
+        q0 = s.joint_positions()
+        s.set_command(q0, kp, kd)
+        palm, block = m.body("right_hand_palm_link").id, m.body("red_block").id
+        open_hand = np.array([0.0, 0.72, -1.74, 0.0, 0.0, 0.0, 0.0])  # thumb swung back, fingers straight
+        closed = np.array([0.0, -0.6, -1.74, 1.4, 1.4, 1.4, 1.4])  # beyond contact: the fingers squeeze
+        s.set_hand_command("right", open_hand, 1.5, 0.2)
+        s.step(200)
+        in_palm = np.array([0.08, 0.05, 0.0])  # between thumb and fingers, palm frame (right hand closes to +y)
+        for i in range(150):  # the block is handed over: held in place while the fingers close on it
+            R = d.xmat[palm].reshape(3, 3)
+            quat = np.empty(4)
+            mujoco.mju_mat2Quat(quat, R.reshape(9))
+            s.set_object_pose("red_block", d.xpos[palm] + R @ in_palm, quat)
+            s.set_hand_command("right", open_hand + (closed - open_hand) * min(1.0, i / 100), 1.5, 0.2)
+            s.step(1)
+        s.step(250)  # released: gravity alone for 0.5 s
+
+        def block_in_palm() -> np.ndarray:
+            return d.xmat[palm].reshape(3, 3).T @ (d.xpos[block] - d.xpos[palm])
+
+        held = block_in_palm()
+        assert np.linalg.norm(held - in_palm) < 0.01, f"the block slipped in the closed hand: {held}"
+        z_block, z_palm = d.xpos[block][2], d.xpos[palm][2]
+        q1 = q0.copy()
+        q1[g1_spec.joint_index("right_shoulder_pitch_joint")] += 0.6
+        q1[g1_spec.joint_index("right_elbow_joint")] -= 0.9
+        for i in range(1000):
+            s.set_command(q0 + (q1 - q0) * min(1.0, i / 750), kp, kd)
+            s.step(1)
+        palm_rise, block_rise = d.xpos[palm][2] - z_palm, d.xpos[block][2] - z_block
+        assert palm_rise > 0.05, f"the arm did not lift the hand ({palm_rise:.3f} m)"
+        assert abs(block_rise - palm_rise) < 0.02, f"block rose {block_rise:.3f} m, palm {palm_rise:.3f} m"
+        assert np.linalg.norm(block_in_palm() - held) < 0.01, "the block slid in the hand during the lift"
+    finally:
+        s.close()

@@ -65,3 +65,38 @@ def test_success_is_computed_from_sim_state(sim):
     assert push.evaluate(sim.model, sim.data).success
     sim.set_object_pose("green_block", target + np.array([0.06, 0.0, 0.02]))
     assert not push.evaluate(sim.model, sim.data).success
+
+
+def test_grasp_tasks_stay_out_of_the_default_list_and_need_the_hands(sim):
+    assert set(tasks.task_names()) == {"reach_red", "reach_blue", "push_green"}  # the shipped checkpoint's
+    assert set(tasks.task_names(grasp=True)) == {*tasks.task_names(), "pick_place", "lift_red"}
+    from dit4dit.drivers.sim.scene import SceneError
+
+    with pytest.raises(SceneError, match="Dex3"):
+        sim.reset(0, "pick_place")
+
+
+def test_pick_place_moves_only_the_bowl_and_starts_unsolved():
+    from dit4dit.drivers.sim.scene import SceneConfig
+
+    s = G1Sim(SceneConfig(hands=True))
+    try:
+        for seed in (0, 5):
+            arm_only = s.reset(seed, "reach_red")
+            picking = s.reset(seed, "pick_place")
+            for name in (*tasks.BLOCKS, tasks.TARGET):
+                np.testing.assert_allclose(picking[name]["pos"], arm_only[name]["pos"])
+            bowl = np.array(picking[tasks.BOWL]["pos"])
+            pelvis = s.data.xpos[s.model.body("pelvis").id]
+            x0, x1, y0, y1 = tasks.PICK_BOWL_REGION
+            assert x0 <= bowl[0] - pelvis[0] <= x1 and y0 <= bowl[1] - pelvis[1] <= y1
+            s.step(250)
+            state = s.task_state()
+            assert state["success"] is False and state["info"]["in_hand"] is False
+            # put the block into the bowl by hand: success, from the sim's state alone
+            bowl_now = s.data.xpos[s.model.body("bowl").id]
+            s.set_object_pose("red_block", (bowl_now[0], bowl_now[1], bowl_now[2] + 0.03))
+            s.step(250)
+            assert s.task_state()["success"] is True, s.task_state()["info"]
+    finally:
+        s.close()

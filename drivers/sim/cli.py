@@ -23,6 +23,7 @@ examples:
   dit4dit-sim                                   # headless, tabletop, head camera 320x240@30 on tcp://127.0.0.1:55555
   dit4dit-sim --camera head:640x480@30 --camera right_wrist:320x240@15   # D435-sized head + a wrist camera
   dit4dit-sim --task push_green --seed 3        # lay the scene out for a task
+  dit4dit-sim --hands --task pick_place --seed 3 # Dex3-1 hands (rt/dex3/*), a task that grasps
   dit4dit-sim --props charuco_board,wrist_marker
   dit4dit-sim --model ../shared/reference/unitree_g1_mujoco/g1_29dof.xml   # a full mesh MJCF instead
   dit4dit-sim --keyboard                        # toggle remote keys from this terminal (e.g. 2 then b = L2+B)

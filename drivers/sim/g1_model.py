@@ -47,8 +47,6 @@ def dex3_joint_names(side: str) -> tuple[str, ...]:
     return tuple(f"{side}_hand_{j}_joint" for j in g1_spec.DEX3_JOINTS)
 
 
-DEX3_EFFORT = {"thumb_0": 2.45}  # N·m; every other Dex3 joint: 1.4 (g1-interface.md §6.1)
-DEX3_EFFORT_DEFAULT = 1.4
 
 # Collision filtering: robot geoms never collide with each other, only with the world/objects.
 ROBOT_CONTYPE, ROBOT_CONAFFINITY = 2, 1
@@ -230,7 +228,7 @@ def _dex3(side: str) -> list[Link]:
     p = side
     lo, hi = g1_spec.DEX3_LOWER[side], g1_spec.DEX3_UPPER[side]
     lim = {j: (float(lo[i]), float(hi[i])) for i, j in enumerate(g1_spec.DEX3_JOINTS)}
-    eff = {j: DEX3_EFFORT.get(j, DEX3_EFFORT_DEFAULT) for j in g1_spec.DEX3_JOINTS}
+    eff = {j.short: j.effort for j in g1_spec.HAND_JOINTS if j.side == side}
     m_palm, (a, b, c) = 0.17, (0.08, 0.045, 0.07)
     palm_i = (m_palm * (b * b + c * c) / 12, m_palm * (a * a + c * c) / 12, m_palm * (a * a + b * b) / 12, 0, 0, 0)
     grey, dark = "0.55 0.56 0.6 1", DARK

@@ -312,6 +312,27 @@ def _tabletop_xml() -> tuple[str, str]:
     return assets, world
 
 
+# Grasping (the Dex3 scene only; the default scene's physics stays as it was). A block held between finger
+# capsules slips under pyramidal cones and a soft impedance; an elliptic cone with impratio 10 (MuJoCo's
+# advice for grasping) makes friction as stiff as the normal force, and condim 4 on the fingers adds torsional
+# friction so a block pinched at two points does not spin about the pinch axis. Fingertips get rubber-like
+# friction (1.5). noslip iterations are not used: they cost a second solver pass at every step.
+GRASP_CONE = "elliptic"
+GRASP_IMPRATIO = 10.0
+FINGER_FRICTION = "1.5 0.02 0.001"
+FINGER_CONDIM = 4
+
+
+def _grasp_contacts(root: ET.Element, option: ET.Element) -> None:
+    option.set("cone", GRASP_CONE)
+    option.set("impratio", f"{GRASP_IMPRATIO:g}")
+    for body in root.iter("body"):
+        if "_hand_" in (body.get("name") or ""):  # left_hand_palm_link, right_hand_index_1_link, ...
+            for geom in body.findall("geom"):
+                geom.set("friction", FINGER_FRICTION)
+                geom.set("condim", str(FINGER_CONDIM))
+
+
 def build_scene_xml(config: SceneConfig | None = None) -> tuple[str, dict[str, bytes]]:
     """The full scene MJCF and the asset files it references by name."""
     cfg = config or SceneConfig()
@@ -345,6 +366,8 @@ def build_scene_xml(config: SceneConfig | None = None) -> tuple[str, dict[str, b
     option = _section(root, "option", first=True)
     option.set("timestep", f"{g1_spec.CONTROL_DT}")
     option.set("integrator", option.get("integrator", "implicitfast"))
+    if cfg.hands:
+        _grasp_contacts(root, option)
     visual = _section(root, "visual")
     glob = visual.find("global") if visual.find("global") is not None else ET.SubElement(visual, "global")
     glob.set("offwidth", str(cfg.offscreen_size[0]))
@@ -540,9 +563,11 @@ class G1Sim:
                 jid = np.array([m.joint(n).id for n in names])
                 act = self._actuators_for(names, jid)
                 eff = np.abs(m.actuator_ctrlrange[act, 1]) if np.all(m.actuator_ctrllimited[act]) else \
-                    np.array([g1_model.DEX3_EFFORT.get(j, g1_model.DEX3_EFFORT_DEFAULT) for j in g1_spec.DEX3_JOINTS])
-                self._hand[side] = {"q": m.jnt_qposadr[jid], "v": m.jnt_dofadr[jid], "act": act, "effort": eff}
+                    g1_spec.DEX3_EFFORT[side].copy()
+                self._hand[side] = {"q": m.jnt_qposadr[jid], "v": m.jnt_dofadr[jid], "act": act, "effort": eff,
+                                   "damping": m.dof_damping[m.jnt_dofadr[jid]].copy(), "tau": np.zeros(len(jid))}
                 self._hand_cmd[side] = None
+                m.actuator_ctrllimited[act] = 0  # our effort clamp, as for the body (the damping part is implicit)
             self.hand_sides = ("left", "right")
         self.last_torque = np.zeros(g1_spec.NUM_JOINTS)
         self.task: str | None = None
@@ -594,6 +619,9 @@ class G1Sim:
             from dit4dit.drivers.sim import tasks as tasks_mod  # tasks build on this module
 
             task_obj = tasks_mod.get_task(task)  # KeyError naming the known tasks
+            if task_obj.grasps and not self.hand_sides:
+                raise SceneError(f"task {task!r} grasps: it needs the Dex3 hands (SceneConfig(hands=True), "
+                                 "dit4dit-sim --hands)")
         with self.lock:
             m, d = self.model, self.data
             mujoco.mj_resetData(m, d)
@@ -699,10 +727,9 @@ class G1Sim:
         self._hand_cmd[side] = JointCommand.make(q, kp, kd, dq, tau, enabled, n=n)
 
     def hand_state(self, side: str) -> dict[str, np.ndarray]:
-        """q, dq, tau (7,) of a Dex3 hand."""
+        """q, dq, tau (7,) of a Dex3 hand; tau is the motor torque of the last step (PD law, clamped to effort)."""
         h = self._hand[side]
-        return {"q": self.data.qpos[h["q"]].copy(), "dq": self.data.qvel[h["v"]].copy(),
-                "tau": self.data.actuator_force[h["act"]].copy()}
+        return {"q": self.data.qpos[h["q"]].copy(), "dq": self.data.qvel[h["v"]].copy(), "tau": h["tau"].copy()}
 
     def set_stand_pose(self, pose: Sequence[float]) -> None:
         self._stand = stand_command(np.asarray(pose, dtype=np.float64))
@@ -738,14 +765,23 @@ class G1Sim:
         return np.clip(t, -self._effort, self._effort), kd
 
     def _hand_torques(self) -> None:
-        d = self.data
+        # As for the body (see __init__): a finger link's inertia is ~1e-4 kg·m² with its rotor, so an explicit
+        # kd·dq (kd 0.2) at the 2 ms step is unstable (the fingers chatter at ~10 rad/s); the damping part of the
+        # PD law is integrated implicitly as joint damping.
+        m, d = self.model, self.data
         for side, h in self._hand.items():
             cmd = self._hand_cmd[side]
             if cmd is None:
-                d.ctrl[h["act"]] = 0.0  # passive: the finger joints' own damping only
+                m.dof_damping[h["v"]] = h["damping"]  # passive: the finger joints' own damping only
+                d.ctrl[h["act"]] = 0.0
+                h["tau"][:] = 0.0
                 continue
-            t = cmd.torque(d.qpos[h["q"]], d.qvel[h["v"]])
-            d.ctrl[h["act"]] = np.clip(t, -h["effort"], h["effort"])
+            dq = d.qvel[h["v"]]
+            t = np.clip(cmd.torque(d.qpos[h["q"]], dq), -h["effort"], h["effort"])
+            kd = np.where(cmd.enabled, cmd.kd, 0.0)
+            m.dof_damping[h["v"]] = h["damping"] + kd
+            d.ctrl[h["act"]] = t + kd * dq
+            h["tau"][:] = t
 
     def step(self, n: int = 1) -> None:
         """Advance n physics steps (dt = 0.002 s), recomputing the PD torque at every step."""

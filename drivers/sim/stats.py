@@ -124,5 +124,6 @@ class StatsWindow:
             "physics_late_steps": d["physics_late_steps"],
             "physics_step_late_ms": _percentiles(stats.step_late_ms.since(self.late0)[: late_n - self.late0]),
             "overruns": d["overruns"],
+            "hand_state_published": d["hand_state_published"],  # both hands, rt/dex3/*/state
             "frames": {cam: n - self.totals0["frames"].get(cam, 0) for cam, n in now["frames"].items()},
         }

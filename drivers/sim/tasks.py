@@ -11,6 +11,14 @@ Tasks (chosen to be solvable by a scripted IK expert and learnable by a small po
 - ``push_green`` "push the green block onto the target": the green block's centre within PUSH_TOL (in the
   table plane) of the target's centre, pushed forward by the right hand.
 
+Tasks that grasp (``GRASP_TASKS``, the Dex3 scene only: ``SceneConfig(hands=True)``, ``dit4dit-sim --hands``):
+- ``pick_place`` "pick the red block and put it in the bowl": the red block's centre inside the bowl's rim
+  (in the table plane) and low enough to rest in it. This task moves the bowl in front of the right hand
+  (``PICK_BOWL_REGION``) after the shared layout, so the other tasks' scenes stay as they were.
+- ``lift_red`` "pick up the red block": the red block's bottom face LIFT_HEIGHT above the table.
+They are not in ``task_names()`` (the arm-only tasks every existing harness iterates over); ask for them by
+name or with ``task_names(grasp=True)``.
+
 Scene names looked up in the model are listed in docs/architecture.md (Tabletop tasks).
 The layout is expressed relative to the robot's pelvis (x forward, y left), so it follows wherever the scene
 builder puts the robot and the table.
@@ -43,6 +51,10 @@ REGIONS: dict[str, tuple[float, float, float, float]] = {
 PUSH_DISTANCE = (0.09, 0.11)  # target sits this far in front (+x) of the green block...
 PUSH_LATERAL = 0.015  # ...give or take this much sideways
 BOWL_REGION = (0.50, 0.56, 0.14, 0.22)
+PICK_BOWL_REGION = (0.38, 0.42, -0.33, -0.30)  # pick_place: the bowl in front of the red block's region
+BOWL_INNER = 0.055  # m: block centre within this of the bowl's centre (inner radius 0.066 less a margin)
+BOWL_REST_Z = 0.05  # m above the table: a block centre lower than this rests in the bowl, not on its rim
+LIFT_HEIGHT = 0.05  # m: lift_red's block bottom above the table
 BLOCK_YAW = 0.35  # rad, blocks are turned by up to this much
 
 
@@ -122,7 +134,7 @@ class Task:
     name: str
     instruction: str
     arm: str  # "right" | "left": the arm the expert (and the policy) is expected to use
-    kind: str  # "reach" | "push"
+    kind: str  # "reach" | "push" | "pick_place" | "lift" (the last two grasp: Dex3 scene)
     obj: str  # the block the instruction names
     duration_s: float  # episode time limit
 
@@ -162,8 +174,24 @@ class Task:
                     raise KeyError(f"body {name!r} must be free, mocap or a child of the world to be placed")
                 model.body_pos[b] = pos
                 model.body_quat[b] = quat
+        if self.kind == "pick_place":
+            layout[BOWL] = self._place_bowl_in_reach(model, data, seed, root, z_top)
         mujoco.mj_forward(model, data)
         return layout
+
+    @property
+    def grasps(self) -> bool:
+        return self.kind in ("pick_place", "lift")
+
+    @staticmethod
+    def _place_bowl_in_reach(model: Any, data: Any, seed: int, root: np.ndarray, z_top: float) -> tuple[float, float, float]:
+        rng = np.random.default_rng([int(seed), 1])  # its own stream: the shared layout stays the same
+        x0, x1, y0, y1 = PICK_BOWL_REGION
+        x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        adr = _free_qpos_adr(model, _body_id(model, BOWL))
+        data.qpos[adr : adr + 3] = [root[0] + x, root[1] + y, z_top + 1e-3]
+        data.qpos[adr + 3 : adr + 7] = [1.0, 0.0, 0.0, 0.0]
+        return (x, y, 0.0)
 
     # -- goal and success
     def goal_point(self, model: Any, data: Any) -> np.ndarray:
@@ -174,6 +202,19 @@ class Task:
         return data.xpos[_body_id(model, TARGET)].copy()
 
     def evaluate(self, model: Any, data: Any) -> TaskStatus:
+        if self.kind == "pick_place":
+            block, bowl = data.xpos[_body_id(model, self.obj)], data.xpos[_body_id(model, BOWL)]
+            d = float(np.linalg.norm((block - bowl)[:2]))
+            height = float(block[2] - table_top_z(model, data))
+            held = touches_robot(model, data, self.obj)
+            ok = d < BOWL_INNER and height < BOWL_REST_Z and not held
+            return TaskStatus(ok, {"block_to_bowl_m": round(d, 4), "tolerance_m": BOWL_INNER,
+                                   "block_height_m": round(height, 4), "in_hand": held})
+        if self.kind == "lift":
+            b = _body_id(model, self.obj)
+            bottom = float(data.xpos[b][2] - _half_height(model, b) - table_top_z(model, data))
+            return TaskStatus(bottom > LIFT_HEIGHT, {"block_bottom_above_table_m": round(bottom, 4),
+                                                    "needed_m": LIFT_HEIGHT})
         if self.kind == "reach":
             d = float(np.linalg.norm(hand_point(model, data, self.arm) - self.goal_point(model, data)))
             return TaskStatus(d < REACH_TOL, {"hand_to_goal_m": round(d, 4), "tolerance_m": REACH_TOL})
@@ -186,6 +227,17 @@ class Task:
 
     def object_poses(self, model: Any, data: Any) -> dict[str, list[float]]:
         return object_poses(model, data)
+
+
+def touches_robot(model: Any, data: Any, body_name: str) -> bool:
+    """Whether a body is in contact with the robot (any geom under the robot's root body)."""
+    b = _body_id(model, body_name)
+    robot = model.body_rootid[_body_id(model, ROBOT_ROOT)]
+    for c in data.contact[: data.ncon]:
+        b1, b2 = model.geom_bodyid[c.geom1], model.geom_bodyid[c.geom2]
+        if b in (b1, b2) and robot in (model.body_rootid[b1], model.body_rootid[b2]):
+            return True
+    return False
 
 
 def object_poses(model: Any, data: Any) -> dict[str, list[float]]:
@@ -207,12 +259,23 @@ TASKS: dict[str, Task] = {
 }
 
 
+GRASP_TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("pick_place", "pick the red block and put it in the bowl", "right", "pick_place", "red_block", 10.0),
+        Task("lift_red", "pick up the red block", "right", "lift", "red_block", 7.0),
+    )
+}
+
+
 def get_task(name: str) -> Task:
     try:
-        return TASKS[name]
+        return TASKS[name] if name in TASKS else GRASP_TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
+        raise KeyError(f"unknown task {name!r}; known: {', '.join([*TASKS, *GRASP_TASKS])} "
+                       f"({', '.join(GRASP_TASKS)} need the Dex3 hands)") from None
 
 
-def task_names() -> list[str]:
-    return list(TASKS)
+def task_names(grasp: bool = False) -> list[str]:
+    """The arm-only tasks (what the shipped checkpoint covers); with ``grasp`` the Dex3 tasks too."""
+    return [*TASKS, *GRASP_TASKS] if grasp else list(TASKS)

@@ -282,3 +282,45 @@ class SafeRobot:
                 log.warning("safety: damping (kp=0, kd=%.1f)", self.limits.damping_kd)
             self.damped = True
             self.robot.damp(self.limits.damping_kd)
+
+
+class HandLimiter:
+    """The safety layer of one Dex3-1 hand: every target inside the hand's joint limits (g1_spec.HAND_JOINTS),
+    at most ``max_velocity * dt`` from the previous target per joint (the delta vector scaled as one, as the
+    arm's), gains clamped to [0, max_kp] / [0, max_kd]; non-finite or wrong-shaped targets hold the last one."""
+
+    def __init__(self, side: str, max_velocity: float = 6.0, max_kp: float = 3.0, max_kd: float = 0.5,
+                 dt: float = g1_spec.CONTROL_DT) -> None:
+        if side not in g1_spec.HAND_SIDES:
+            raise ValueError(f"hand side must be one of {g1_spec.HAND_SIDES}, got {side!r}")
+        self.side = side
+        self.lower, self.upper = g1_spec.DEX3_LOWER[side], g1_spec.DEX3_UPPER[side]
+        self.max_delta = float(max_velocity) * float(dt)
+        self.max_kp, self.max_kd = float(max_kp), float(max_kd)
+        self._last: np.ndarray | None = None
+        self.rejected = 0
+
+    def reset(self, q_measured: Any) -> None:
+        self._last = np.clip(np.asarray(q_measured, dtype=np.float64), self.lower, self.upper)
+
+    def __call__(self, q: Any, kp: Any, kd: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(q, kp, kd) safe to send; reset() first."""
+        if self._last is None:
+            raise SafetyError(f"{self.side} hand limiter used before reset(q_measured)")
+        n = len(g1_spec.DEX3_JOINTS)
+        target = np.asarray(q, dtype=np.float64)
+        if target.shape != (n,) or not np.all(np.isfinite(target)):
+            self.rejected += 1
+            target = self._last
+        target = np.clip(target, self.lower, self.upper)
+        delta = target - self._last
+        biggest = float(np.max(np.abs(delta)))
+        if biggest > self.max_delta:
+            delta *= self.max_delta / biggest
+        self._last = np.clip(self._last + delta, self.lower, self.upper)
+
+        def gain(x: Any, hi: float) -> np.ndarray:
+            a = np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))
+            return np.clip(np.where(np.isfinite(a), a, 0.0), 0.0, hi)
+
+        return self._last.copy(), gain(kp, self.max_kp), gain(kd, self.max_kd)
