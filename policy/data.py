@@ -1,4 +1,4 @@
-"""Training data for dit4dit-train: LeRobot datasets (through dit4dit.runtime.dataset) or a synthetic task.
+"""Training data for dit4dit-train: LeRobot datasets (through dit4dit.datasets) or a synthetic task.
 
 Everything is held in memory as flat arrays over all frames (the sim datasets are small), and a training
 sample at frame j of an episode is gathered by index arithmetic:
@@ -101,7 +101,7 @@ def load_training_data(spec: str, image_size: int, camera: str = "head", *, seed
 
 
 def load_lerobot(path: str | Path, image_size: int, camera: str = "head") -> TrainingData:
-    from dit4dit.runtime.dataset import DatasetError, LeRobotDataset
+    from dit4dit.datasets import DatasetError, LeRobotDataset
 
     root = Path(path)
     if not root.exists():

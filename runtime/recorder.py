@@ -1,4 +1,4 @@
-"""Trial recording: each episode of a run becomes a LeRobot v2.1 episode (runtime/dataset.py).
+"""Trial recording: each episode of a run becomes a LeRobot v2.1 episode (datasets/).
 
 The control loop hands frames over without waiting (``add`` never blocks; a full queue drops the
 frame and counts it). A writer thread buffers them and writes each episode whole when it ends, so a
@@ -44,7 +44,7 @@ class TrialRecorder:
         extra_info: Mapping[str, Any] | None = None,
         max_queue: int = 256,
     ) -> None:
-        from dit4dit.runtime.dataset import LeRobotWriter  # pyarrow is only needed when recording
+        from dit4dit.datasets import LeRobotWriter  # pyarrow is only needed when recording
 
         self.fps = fps
         self.instruction = instruction

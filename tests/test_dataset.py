@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
-from dit4dit.runtime.dataset import DatasetError, LeRobotDataset, LeRobotWriter
+from dit4dit.datasets import DatasetError, LeRobotDataset, LeRobotWriter
 
 STATE = [f"s{i}" for i in range(5)]
 ACTION = [f"a{i}" for i in range(3)]
@@ -126,7 +126,7 @@ def test_numpy_cache_matches_decoded(tmp_path):
 
 
 def test_subset_keeps_first_episodes_per_task(tmp_path):
-    from dit4dit.runtime.dataset import copy_subset
+    from dit4dit.datasets import copy_subset
 
     rng = np.random.default_rng(3)
     w = LeRobotWriter(tmp_path / "ds", fps=10, state_names=STATE, action_names=ACTION, cameras=CAMS)
