@@ -1,6 +1,7 @@
 """LeRobot dataset I/O, torch-free: written by the trial recorder and dit4dit-collect, read by training.
 
-Below policy/ and runtime/, beside drivers/: it imports nothing of the project but itself.
+Below policy/ and runtime/; of the project it imports only drivers/g1_spec.py (the joint table, for
+unitree_g1.py, the map of Unitree's G1 Dex3 layout).
 """
 
 from dit4dit.datasets.common import CACHE_DIR, IMAGE_KEY_PREFIX, DatasetError
