@@ -28,7 +28,7 @@ def copy_subset(src: str | Path, dst: str | Path, per_task: int) -> int:
         for t in range(e.length):
             writer.add_frame(state=e.state[t], action=e.action[t], action_executed=e.action_executed[t],
                              images={c: f[t] for c, f in e.frames.items()}, task=e.task,
-                             intervention=bool(e.intervention[t]), timestamp=float(e.timestamp[t]))
+                             intervention=bool(e.intervention[t]), recorded_time=None if e.recorded_time is None else float(e.recorded_time[t]))
         extra = {k: v for k, v in meta.items() if k not in ("episode_index", "tasks", "length", "success")}
         writer.save_episode(success=meta.get("success"), extra=extra)
     return writer.num_episodes

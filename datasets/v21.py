@@ -11,7 +11,8 @@ Layout (one folder per dataset)::
     videos/chunk-000/observation.images.<cam>/episode_000000.mp4
 
 Columns per frame: ``observation.state``, ``action`` (commanded targets), ``action.executed``,
-``intervention``, ``next.success``, ``timestamp``, ``frame_index``, ``episode_index``, ``index``,
+``intervention``, ``next.success``, ``timestamp`` (frame_index / fps: LeRobot checks it against fps),
+``recorded_time`` (seconds since the episode started, by the recorder's clock), ``frame_index``, ``episode_index``, ``index``,
 ``task_index``; camera images live in the mp4 files, one frame per row.
 
 An episode is buffered in memory and written whole by :meth:`LeRobotWriter.save_episode` (parquet
@@ -101,7 +102,7 @@ class LeRobotWriter:
                     "has_audio": False,
                 },
             }
-        for name in ("timestamp",):
+        for name in ("timestamp", "recorded_time"):
             feats[name] = scalar_feature("float32")
         for name in ("frame_index", "episode_index", "index", "task_index"):
             feats[name] = scalar_feature("int64")
@@ -140,7 +141,7 @@ class LeRobotWriter:
         task: str,
         action_executed: np.ndarray | None = None,
         intervention: bool = False,
-        timestamp: float | None = None,
+        recorded_time: float | None = None,
     ) -> None:
         """Buffer one frame of the current episode (nothing is written until :meth:`save_episode`)."""
         state = np.asarray(state, dtype=np.float32).reshape(-1)
@@ -163,10 +164,10 @@ class LeRobotWriter:
             imgs[cam] = img.copy()
         if self._buf and task != self._buf[0]["task"]:
             raise DatasetError("task: one instruction per episode; call save_episode() before changing it")
-        ts = float(timestamp) if timestamp is not None else len(self._buf) / self.fps
+        ts = float(recorded_time) if recorded_time is not None else len(self._buf) / self.fps
         self._buf.append(
             dict(state=state, action=action, executed=executed, images=imgs, task=task,
-                 intervention=bool(intervention), timestamp=ts)
+                 intervention=bool(intervention), recorded_time=ts)
         )
 
     def discard_episode(self) -> None:
@@ -197,7 +198,8 @@ class LeRobotWriter:
         next_success = np.zeros(n, dtype=bool)
         if success:
             next_success[-1] = True
-        timestamp = np.array([f["timestamp"] for f in self._buf], dtype=np.float32)
+        timestamp = (np.arange(n) / self.fps).astype(np.float32)
+        recorded_time = np.array([f["recorded_time"] for f in self._buf], dtype=np.float32)
 
         def fixed(arr: np.ndarray) -> Any:
             flat = pa.array(arr.reshape(-1), type=pa.float32())
@@ -211,6 +213,7 @@ class LeRobotWriter:
                 "intervention": pa.array(intervention),
                 "next.success": pa.array(next_success),
                 "timestamp": pa.array(timestamp, type=pa.float32()),
+                "recorded_time": pa.array(recorded_time, type=pa.float32()),
                 "frame_index": pa.array(np.arange(n, dtype=np.int64)),
                 "episode_index": pa.array(np.full(n, ep, dtype=np.int64)),
                 "index": pa.array(np.arange(start, start + n, dtype=np.int64)),
@@ -289,8 +292,9 @@ class Episode:
     action_executed: np.ndarray  # float32 (T, A)
     intervention: np.ndarray  # bool (T,)
     next_success: np.ndarray  # bool (T,)
-    timestamp: np.ndarray  # float32 (T,)
+    timestamp: np.ndarray  # float32 (T,) frame_index / fps
     frames: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> uint8 (T, H, W, 3)
+    recorded_time: np.ndarray | None = None  # float32 (T,) the recorder's clock; None in datasets without it
 
     @property
     def length(self) -> int:
@@ -356,7 +360,7 @@ class LeRobotDataset:
                         index=ep, task=str(z["task"]), task_index=int(z["task_index"]), success=meta.get("success"),
                         state=z["state"], action=z["action"], action_executed=z["action_executed"],
                         intervention=z["intervention"], next_success=z["next_success"], timestamp=z["timestamp"],
-                        frames=frames,
+                        frames=frames, recorded_time=z["recorded_time"] if "recorded_time" in z.files else None,
                     )
         _, pq = import_pyarrow()
         chunk = ep // int(self.info.get("chunks_size", CHUNKS_SIZE))
@@ -375,6 +379,8 @@ class LeRobotDataset:
         next_success = (np.asarray(table.column("next.success").to_pylist(), dtype=bool)
                         if "next.success" in cols else np.zeros(n, dtype=bool))
         timestamp = np.asarray(table.column("timestamp").to_pylist(), dtype=np.float32)
+        recorded_time = (np.asarray(table.column("recorded_time").to_pylist(), dtype=np.float32)
+                         if "recorded_time" in cols else None)
         task_index = int(table.column("task_index")[0].as_py())
         frames: dict[str, np.ndarray] = {}
         if decode:
@@ -389,6 +395,7 @@ class LeRobotDataset:
             index=ep, task=self.tasks.get(task_index, meta["tasks"][0]), task_index=task_index,
             success=meta.get("success"), state=state, action=action, action_executed=executed,
             intervention=intervention, next_success=next_success, timestamp=timestamp, frames=frames,
+            recorded_time=recorded_time,
         )
 
     def build_cache(self) -> int:
@@ -403,7 +410,8 @@ class LeRobotDataset:
             tmp = path.with_name(path.stem + ".tmp.npz")
             np.savez_compressed(tmp, task=np.array(e.task), task_index=np.array(e.task_index), state=e.state, action=e.action,
                      action_executed=e.action_executed, intervention=e.intervention, next_success=e.next_success,
-                     timestamp=e.timestamp, **{f"frames.{c}": v for c, v in e.frames.items()})
+                     timestamp=e.timestamp, **({} if e.recorded_time is None else {"recorded_time": e.recorded_time}),
+                     **{f"frames.{c}": v for c, v in e.frames.items()})
             os.replace(tmp, path)
             n += 1
         return n

@@ -94,7 +94,7 @@ class TrialRecorder:
                     f: RecordedFrame = item
                     self.writer.add_frame(
                         state=f.state, action=f.action, action_executed=f.executed, images=f.images,
-                        task=self.instruction, intervention=f.intervention, timestamp=f.timestamp,
+                        task=self.instruction, intervention=f.intervention, recorded_time=f.timestamp,
                     )  # fmt: skip
                 elif kind == "end":
                     if self.writer.buffered_frames:
