@@ -38,14 +38,14 @@ def run_name(cond: str, demos: int) -> str:
 
 def cmd_collect(args: argparse.Namespace) -> None:
     from dit4dit.tasks.collect import collect
-    from dit4dit.runtime.dataset import copy_subset
+    from dit4dit.datasets import copy_subset
 
     big = dataset_for(args.data, max(args.demos))
     collect(big, ["reach_red", "reach_blue", "push_green"], max(args.demos))
     for n in args.demos:
         if n != max(args.demos) and not dataset_for(args.data, n).exists():
             copy_subset(big, dataset_for(args.data, n), per_task=n)
-            from dit4dit.runtime.dataset import LeRobotDataset
+            from dit4dit.datasets import LeRobotDataset
 
             LeRobotDataset(dataset_for(args.data, n)).build_cache()
 

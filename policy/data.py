@@ -1,4 +1,4 @@
-"""Training data for dit4dit-train: LeRobot datasets (through dit4dit.runtime.dataset) or a synthetic task.
+"""Training data for dit4dit-train: LeRobot datasets (through dit4dit.datasets) or a synthetic task.
 
 Everything is held in memory as flat arrays over all frames (the sim datasets are small), and a training
 sample at frame j of an episode is gathered by index arithmetic:
@@ -100,8 +100,21 @@ def load_training_data(spec: str, image_size: int, camera: str = "head", *, seed
     return load_lerobot(spec, image_size, camera)
 
 
+def parse_camera(spec: str) -> tuple[str, str]:
+    """``--camera``: ``NAME`` (the dataset's camera and the policy's are both NAME) or ``POLICY=DATASET``
+    (e.g. ``head=cam_left_high``: train the policy's ``head`` input on the dataset's ``cam_left_high``)."""
+    policy_name, _, dataset_key = spec.partition("=")
+    dataset_key = dataset_key or policy_name
+    if not policy_name or not dataset_key:
+        raise TrainingDataError(f"--camera {spec!r}: give NAME or POLICY_NAME=DATASET_CAMERA")
+    return policy_name, dataset_key.removeprefix("observation.images.")
+
+
 def load_lerobot(path: str | Path, image_size: int, camera: str = "head") -> TrainingData:
-    from dit4dit.runtime.dataset import DatasetError, LeRobotDataset
+    """A LeRobot dataset folder. In Unitree's G1 Dex3 layout (28-D, datasets/unitree_g1.py) the policy, which
+    is arm-only, trains on the 14 arm joints under the project's joint names."""
+    from dit4dit.datasets import DatasetError, LeRobotDataset
+    from dit4dit.datasets import unitree_g1
 
     root = Path(path)
     if not root.exists():
@@ -111,13 +124,20 @@ def load_lerobot(path: str | Path, image_size: int, camera: str = "head") -> Tra
         ds = LeRobotDataset(root)
     except DatasetError as e:
         raise TrainingDataError(str(e)) from e
-    if camera not in ds.cameras:
-        raise TrainingDataError(f"{root}: no camera {camera!r} in the dataset (it has {sorted(ds.cameras)}); "
-                                f"pass --camera NAME")
+    _, key = parse_camera(camera)
+    if key not in ds.cameras:
+        raise TrainingDataError(f"{root}: no camera {key!r} in the dataset (it has {sorted(ds.cameras)}); "
+                                f"pass --camera NAME or --camera POLICY_NAME=DATASET_CAMERA")
+    state_names, action_names = unitree_g1.flat_names(ds.state_names), unitree_g1.flat_names(ds.action_names)
+    cols = None
+    if unitree_g1.is_unitree_layout(state_names) and unitree_g1.is_unitree_layout(action_names):
+        cols = unitree_g1.arm_columns()
+        state_names = action_names = list(unitree_g1.ARM_NAMES)
     episodes = []
     for ep in ds:
-        episodes.append(Episode(resize_frames(ep.frames[camera], image_size), ep.state, ep.action, ep.task))
-    return TrainingData(episodes, ds.state_names, ds.action_names, ds.fps, str(root), camera)
+        state, action = (ep.state, ep.action) if cols is None else (ep.state[:, cols], ep.action[:, cols])
+        episodes.append(Episode(resize_frames(ep.frames[key], image_size), state, action, ep.task))
+    return TrainingData(episodes, state_names, action_names, ds.fps, str(root), key)
 
 
 # -- synthetic: two dots circling in opposite directions; the instruction names the one to follow

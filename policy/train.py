@@ -51,7 +51,7 @@ import yaml
 from torch import nn
 
 from .checkpoint import build_metadata, save_checkpoint
-from .data import TrainingData, TrainingDataError, load_training_data
+from .data import TrainingData, TrainingDataError, load_training_data, parse_camera
 from .flow import dual_flow_matching_loss
 from .model import PRESETS, DiT4DiT, DiT4DiTConfig, DiTBlock, EncoderBlock, load_component, preset_config, save_component
 from .normalize import Normalizer
@@ -95,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <out stem>.resume.pt")
     p.add_argument("--ablation", choices=["image_features"], default=None,
                    help="condition the action DiT on plain per-frame image features instead of video hidden states")
-    p.add_argument("--camera", default="head")
+    p.add_argument("--camera", default="head",
+                   help="NAME, or POLICY_NAME=DATASET_CAMERA (e.g. head=cam_left_high for Unitree's G1 datasets)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. --override image_size=96 (repeatable)")
     p.add_argument("--flow", action="append", default=[], metavar="KEY=VALUE",
@@ -145,7 +146,8 @@ def build_config(args: argparse.Namespace, data: TrainingData) -> DiT4DiTConfig:
         overrides["flow"] = fdict
     if args.ablation:
         overrides["conditioning"] = args.ablation
-    overrides.update(state_dim=len(data.state_names), action_dim=len(data.action_names), camera=args.camera)
+    overrides.update(state_dim=len(data.state_names), action_dim=len(data.action_names),
+                     camera=parse_camera(args.camera)[0])
     d = base.to_dict()
     unknown = set(overrides) - set(d)
     if unknown:

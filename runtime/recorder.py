@@ -1,4 +1,4 @@
-"""Trial recording: each episode of a run becomes a LeRobot v2.1 episode (runtime/dataset.py).
+"""Trial recording: each episode of a run becomes a LeRobot v2.1 episode (datasets/).
 
 The control loop hands frames over without waiting (``add`` never blocks; a full queue drops the
 frame and counts it). A writer thread buffers them and writes each episode whole when it ends, so a
@@ -44,7 +44,7 @@ class TrialRecorder:
         extra_info: Mapping[str, Any] | None = None,
         max_queue: int = 256,
     ) -> None:
-        from dit4dit.runtime.dataset import LeRobotWriter  # pyarrow is only needed when recording
+        from dit4dit.datasets import LeRobotWriter  # pyarrow is only needed when recording
 
         self.fps = fps
         self.instruction = instruction
@@ -94,7 +94,7 @@ class TrialRecorder:
                     f: RecordedFrame = item
                     self.writer.add_frame(
                         state=f.state, action=f.action, action_executed=f.executed, images=f.images,
-                        task=self.instruction, intervention=f.intervention, timestamp=f.timestamp,
+                        task=self.instruction, intervention=f.intervention, recorded_time=f.timestamp,
                     )  # fmt: skip
                 elif kind == "end":
                     if self.writer.buffered_frames:

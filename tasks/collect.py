@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from dit4dit.runtime.dataset import LeRobotDataset, LeRobotWriter
+from dit4dit.datasets import LeRobotDataset, LeRobotWriter
 
 DEFAULT_FPS = 10.0  # policy rate: chunk 16 = 1.6 s, future frames every 8 steps
 DEFAULT_IMAGE = 64  # the small preset's input size

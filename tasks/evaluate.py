@@ -127,7 +127,7 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, TaskSummary]:
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float, scale: int = VIDEO_SCALE) -> Path:
     """uint8 RGB frames -> H.264 mp4, nearest-neighbour upscaled so a person can see the 64 px policy view."""
-    from dit4dit.runtime.dataset import encode_video
+    from dit4dit.datasets import encode_video
 
     arr = np.stack(frames)
     if scale > 1:

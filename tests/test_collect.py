@@ -12,7 +12,7 @@ pytest.importorskip("av")
 
 from dit4dit.tasks.expert import CONTROLLED_NAMES
 from dit4dit.tasks import collect
-from dit4dit.runtime.dataset import LeRobotDataset
+from dit4dit.datasets import LeRobotDataset
 
 
 def test_collect_and_resume(tmp_path, capsys):

@@ -25,7 +25,7 @@ POLICY_HZ = 15.0  # the tiny CPU model takes ~0.3 s per chunk here: 16 steps at 
 def test_sim_serve_robot_policy_teleop_handback_estop(rig: Rig, tmp_path) -> None:
     from dit4dit.drivers.teleop import TeleopSender
     from dit4dit.policy.checkpoint import make_random_checkpoint
-    from dit4dit.runtime.dataset import LeRobotDataset
+    from dit4dit.datasets import LeRobotDataset
 
     ckpt = make_random_checkpoint(tmp_path / "tiny.pt", "tiny", chunk_length=16, control_rate_hz=POLICY_HZ)
     server = rig.start("serve", ["dit4dit-serve", "--ckpt", str(ckpt), "--bind", rig.server_address,

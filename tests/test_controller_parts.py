@@ -131,7 +131,7 @@ def test_keyboard_from_a_pipe() -> None:
 
 def test_recorder_keeps_finished_episodes(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
-    from dit4dit.runtime.dataset import LeRobotDataset
+    from dit4dit.datasets import LeRobotDataset
     from dit4dit.runtime.recorder import RecordedFrame, TrialRecorder
 
     names = [g1_spec.JOINT_NAMES[i] for i in g1_spec.ARM_JOINTS]

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
-from dit4dit.runtime.dataset import DatasetError, LeRobotDataset, LeRobotWriter
+from dit4dit.datasets import DatasetError, LeRobotDataset, LeRobotWriter
 
 STATE = [f"s{i}" for i in range(5)]
 ACTION = [f"a{i}" for i in range(3)]
@@ -126,7 +126,7 @@ def test_numpy_cache_matches_decoded(tmp_path):
 
 
 def test_subset_keeps_first_episodes_per_task(tmp_path):
-    from dit4dit.runtime.dataset import copy_subset
+    from dit4dit.datasets import copy_subset
 
     rng = np.random.default_rng(3)
     w = LeRobotWriter(tmp_path / "ds", fps=10, state_names=STATE, action_names=ACTION, cameras=CAMS)
@@ -140,3 +140,20 @@ def test_subset_keeps_first_episodes_per_task(tmp_path):
     np.testing.assert_array_equal(sub.episode(2).state, recs[2][1][0])
     with pytest.raises(DatasetError, match="exists"):
         copy_subset(tmp_path / "ds", tmp_path / "sub", per_task=1)
+
+
+def test_timestamp_is_frame_index_over_fps_and_the_recorders_clock_is_kept(tmp_path):
+    # LeRobot checks timestamps against fps, so a jittery recording clock goes to recorded_time instead.
+    rng = np.random.default_rng(4)
+    w = LeRobotWriter(tmp_path / "ds", fps=10, state_names=STATE, action_names=ACTION, cameras=CAMS)
+    clock = np.cumsum(rng.uniform(0.07, 0.13, size=6)).astype(np.float32)
+    for t in range(6):
+        w.add_frame(state=np.zeros(5), action=np.zeros(3), images={"head": _frames(rng, 1)[0]}, task="t",
+                    recorded_time=float(clock[t]))
+    w.save_episode()
+    ds = LeRobotDataset(tmp_path / "ds")
+    ep = ds.episode(0)
+    np.testing.assert_array_equal(ep.timestamp, (np.arange(6) / 10).astype(np.float32))
+    np.testing.assert_array_equal(ep.recorded_time, clock)
+    ds.build_cache()
+    np.testing.assert_array_equal(LeRobotDataset(tmp_path / "ds").episode(0).recorded_time, clock)

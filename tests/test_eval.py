@@ -47,7 +47,7 @@ def test_inprocess_episode_runs_and_records_video(random_ckpt, tmp_path):
     # An untrained policy near the home pose does not reach the block: the check is not vacuous.
     assert not r.success
     p = evaluate.write_video(tmp_path / "v.mp4", frames, 10)
-    from dit4dit.runtime.dataset import decode_video
+    from dit4dit.datasets import decode_video
 
     assert decode_video(p).shape == (10, 128, 128, 3)
 

@@ -124,7 +124,7 @@ def test_cli_errors_are_clear(tmp_path, capsys) -> None:
 
 def test_trains_on_a_lerobot_dataset(tmp_path) -> None:
     pytest.importorskip("pyarrow")
-    from dit4dit.runtime.dataset import LeRobotWriter
+    from dit4dit.datasets import LeRobotWriter
 
     dot = moving_dot_dataset(2, 64, length=20, seed=1)
     names = [f"joint_{i}" for i in range(2)]

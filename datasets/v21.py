@@ -11,7 +11,8 @@ Layout (one folder per dataset)::
     videos/chunk-000/observation.images.<cam>/episode_000000.mp4
 
 Columns per frame: ``observation.state``, ``action`` (commanded targets), ``action.executed``,
-``intervention``, ``next.success``, ``timestamp``, ``frame_index``, ``episode_index``, ``index``,
+``intervention``, ``next.success``, ``timestamp`` (frame_index / fps: LeRobot checks it against fps),
+``recorded_time`` (seconds since the episode started, by the recorder's clock), ``frame_index``, ``episode_index``, ``index``,
 ``task_index``; camera images live in the mp4 files, one frame per row.
 
 An episode is buffered in memory and written whole by :meth:`LeRobotWriter.save_episode` (parquet
@@ -30,137 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from dit4dit.datasets.common import (CACHE_DIR, IMAGE_KEY_PREFIX, DatasetError, feature_vec, import_pyarrow,
+                                     read_jsonl, scalar_feature, write_json_atomic, write_jsonl_atomic)
+from dit4dit.datasets.stats import array_stats, image_stats, merge_stats
+from dit4dit.datasets.video import VIDEO_CODEC, decode_video, encode_video
+
 CODEBASE_VERSION = "v2.1"
 CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
-IMAGE_KEY_PREFIX = "observation.images."
-VIDEO_CODEC = "h264"
-CACHE_DIR = "cache"  # optional decoded copy (numpy .npz per episode), not part of the LeRobot format
-VIDEO_CRF = 18  # near-lossless at the small policy resolutions; keeps decoded frames close to what was seen
-
-
-class DatasetError(ValueError):
-    """A dataset folder or frame that does not match the expected LeRobot v2.1 layout."""
-
-
-def _import_pyarrow():  # imported lazily: the robot-side runtime must import without it
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("LeRobot datasets need pyarrow: pip install 'dit4dit[dev]' or pip install pyarrow") from exc
-    return pa, pq
-
-
-def _feature_vec(dtype: str, names: Sequence[str]) -> dict[str, Any]:
-    return {"dtype": dtype, "shape": [len(names)], "names": list(names)}
-
-
-def _scalar(dtype: str) -> dict[str, Any]:
-    return {"dtype": dtype, "shape": [1], "names": None}
-
-
-def _array_stats(x: np.ndarray) -> dict[str, list]:
-    """min/max/mean/std/count over axis 0 of an (N, D) array."""
-    x = np.asarray(x, dtype=np.float64)
-    return {
-        "min": x.min(axis=0).tolist(),
-        "max": x.max(axis=0).tolist(),
-        "mean": x.mean(axis=0).tolist(),
-        "std": x.std(axis=0).tolist(),
-        "count": [int(x.shape[0])],
-    }
-
-
-def _image_stats(frames: np.ndarray) -> dict[str, list]:
-    """Per-channel stats of uint8 (T, H, W, 3) frames scaled to [0, 1], shaped (3, 1, 1) as LeRobot stores them."""
-    x = frames.astype(np.float64) / 255.0
-    per = {
-        "min": x.min(axis=(0, 1, 2)),
-        "max": x.max(axis=(0, 1, 2)),
-        "mean": x.mean(axis=(0, 1, 2)),
-        "std": x.std(axis=(0, 1, 2)),
-    }
-    out: dict[str, list] = {k: v.reshape(3, 1, 1).tolist() for k, v in per.items()}
-    out["count"] = [int(frames.shape[0])]
-    return out
-
-
-def _merge_stats(parts: Sequence[Mapping[str, Mapping[str, list]]]) -> dict[str, dict[str, list]]:
-    """Combine per-episode stats into dataset stats (exact pooled mean/variance, weighted by count)."""
-    merged: dict[str, dict[str, list]] = {}
-    if not parts:
-        return merged
-    for key in parts[0]:
-        entries = [p[key] for p in parts if key in p]
-        counts = np.array([e["count"][0] for e in entries], dtype=np.float64)
-        means = np.stack([np.asarray(e["mean"], dtype=np.float64) for e in entries])
-        stds = np.stack([np.asarray(e["std"], dtype=np.float64) for e in entries])
-        w = (counts / counts.sum()).reshape((-1,) + (1,) * (means.ndim - 1))
-        mean = (w * means).sum(axis=0)
-        var = (w * (stds**2 + (means - mean) ** 2)).sum(axis=0)
-        merged[key] = {
-            "min": np.min(np.stack([np.asarray(e["min"]) for e in entries]), axis=0).tolist(),
-            "max": np.max(np.stack([np.asarray(e["max"]) for e in entries]), axis=0).tolist(),
-            "mean": mean.tolist(),
-            "std": np.sqrt(np.maximum(var, 0.0)).tolist(),
-            "count": [int(counts.sum())],
-        }
-    return merged
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_jsonl_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def encode_video(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Write uint8 (T, H, W, 3) RGB frames to an H.264 mp4 (yuv420p; H and W must be even)."""
-    import av  # lazy: only recording and training need it
-
-    frames = np.ascontiguousarray(frames)
-    _, h, w, c = frames.shape
-    if c != 3 or frames.dtype != np.uint8:
-        raise DatasetError(f"video frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if h % 2 or w % 2:
-        raise DatasetError(f"video frames need even height and width for yuv420p, got {h}x{w}")
-    from fractions import Fraction
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(VIDEO_CODEC, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # Every frame a keyframe-friendly GOP keeps random access cheap for training loaders.
-        stream.options = {"crf": str(VIDEO_CRF), "g": "8", "preset": "veryfast"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def decode_video(path: Path) -> np.ndarray:
-    """Every frame of an mp4 as uint8 (T, H, W, 3) RGB."""
-    import av
-
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise DatasetError(f"{path}: no video frames")
-    return np.stack(frames)
 
 
 class LeRobotWriter:
@@ -193,19 +72,19 @@ class LeRobotWriter:
         if info_path.exists():
             info = json.loads(info_path.read_text())
             self._check_compatible(info)
-        self.episodes = _read_jsonl(self.root / "meta" / "episodes.jsonl")
-        self.tasks = {r["task"]: r["task_index"] for r in _read_jsonl(self.root / "meta" / "tasks.jsonl")}
-        self.episode_stats = _read_jsonl(self.root / "meta" / "episodes_stats.jsonl")
+        self.episodes = read_jsonl(self.root / "meta" / "episodes.jsonl")
+        self.tasks = {r["task"]: r["task_index"] for r in read_jsonl(self.root / "meta" / "tasks.jsonl")}
+        self.episode_stats = read_jsonl(self.root / "meta" / "episodes_stats.jsonl")
         self._write_meta()
 
     # -- compatibility when appending
     def _features(self) -> dict[str, Any]:
         feats: dict[str, Any] = {
-            "observation.state": _feature_vec("float32", self.state_names),
-            "action": _feature_vec("float32", self.action_names),
-            "action.executed": _feature_vec("float32", self.action_names),
-            "intervention": _scalar("bool"),
-            "next.success": _scalar("bool"),
+            "observation.state": feature_vec("float32", self.state_names),
+            "action": feature_vec("float32", self.action_names),
+            "action.executed": feature_vec("float32", self.action_names),
+            "intervention": scalar_feature("bool"),
+            "next.success": scalar_feature("bool"),
         }
         for cam, (h, w) in self.cameras.items():
             feats[IMAGE_KEY_PREFIX + cam] = {
@@ -223,10 +102,10 @@ class LeRobotWriter:
                     "has_audio": False,
                 },
             }
-        for name in ("timestamp",):
-            feats[name] = _scalar("float32")
+        for name in ("timestamp", "recorded_time"):
+            feats[name] = scalar_feature("float32")
         for name in ("frame_index", "episode_index", "index", "task_index"):
-            feats[name] = _scalar("int64")
+            feats[name] = scalar_feature("int64")
         return feats
 
     def _check_compatible(self, info: Mapping[str, Any]) -> None:
@@ -262,7 +141,7 @@ class LeRobotWriter:
         task: str,
         action_executed: np.ndarray | None = None,
         intervention: bool = False,
-        timestamp: float | None = None,
+        recorded_time: float | None = None,
     ) -> None:
         """Buffer one frame of the current episode (nothing is written until :meth:`save_episode`)."""
         state = np.asarray(state, dtype=np.float32).reshape(-1)
@@ -285,10 +164,10 @@ class LeRobotWriter:
             imgs[cam] = img.copy()
         if self._buf and task != self._buf[0]["task"]:
             raise DatasetError("task: one instruction per episode; call save_episode() before changing it")
-        ts = float(timestamp) if timestamp is not None else len(self._buf) / self.fps
+        ts = float(recorded_time) if recorded_time is not None else len(self._buf) / self.fps
         self._buf.append(
             dict(state=state, action=action, executed=executed, images=imgs, task=task,
-                 intervention=bool(intervention), timestamp=ts)
+                 intervention=bool(intervention), recorded_time=ts)
         )
 
     def discard_episode(self) -> None:
@@ -302,7 +181,7 @@ class LeRobotWriter:
         """
         if not self._buf:
             raise DatasetError("save_episode: no frames buffered")
-        pa, pq = _import_pyarrow()
+        pa, pq = import_pyarrow()
         ep = self.num_episodes
         chunk = ep // CHUNKS_SIZE
         n = len(self._buf)
@@ -319,7 +198,8 @@ class LeRobotWriter:
         next_success = np.zeros(n, dtype=bool)
         if success:
             next_success[-1] = True
-        timestamp = np.array([f["timestamp"] for f in self._buf], dtype=np.float32)
+        timestamp = (np.arange(n) / self.fps).astype(np.float32)
+        recorded_time = np.array([f["recorded_time"] for f in self._buf], dtype=np.float32)
 
         def fixed(arr: np.ndarray) -> Any:
             flat = pa.array(arr.reshape(-1), type=pa.float32())
@@ -333,6 +213,7 @@ class LeRobotWriter:
                 "intervention": pa.array(intervention),
                 "next.success": pa.array(next_success),
                 "timestamp": pa.array(timestamp, type=pa.float32()),
+                "recorded_time": pa.array(recorded_time, type=pa.float32()),
                 "frame_index": pa.array(np.arange(n, dtype=np.int64)),
                 "episode_index": pa.array(np.full(n, ep, dtype=np.int64)),
                 "index": pa.array(np.arange(start, start + n, dtype=np.int64)),
@@ -344,11 +225,11 @@ class LeRobotWriter:
         tmp = data_path.with_name(data_path.name + ".tmp")
         pq.write_table(table, tmp)
         stats: dict[str, Any] = {
-            "observation.state": _array_stats(state),
-            "action": _array_stats(action),
-            "action.executed": _array_stats(executed),
-            "timestamp": _array_stats(timestamp[:, None]),
-            "intervention": _array_stats(intervention[:, None]),
+            "observation.state": array_stats(state),
+            "action": array_stats(action),
+            "action.executed": array_stats(executed),
+            "timestamp": array_stats(timestamp[:, None]),
+            "intervention": array_stats(intervention[:, None]),
         }
         video_tmps = []
         for cam in self.cameras:
@@ -359,7 +240,7 @@ class LeRobotWriter:
             vtmp = vpath.with_name(vpath.stem + ".tmp.mp4")
             encode_video(vtmp, frames, self.fps)
             video_tmps.append((vtmp, vpath))
-            stats[key] = _image_stats(frames)
+            stats[key] = image_stats(frames)
         # Files first, then meta: a crash in between leaves an unreferenced file, never a dangling entry.
         os.replace(tmp, data_path)
         for vtmp, vpath in video_tmps:
@@ -391,11 +272,11 @@ class LeRobotWriter:
         }
         if self.extra_info:
             info["dit4dit"] = self.extra_info
-        _write_jsonl_atomic(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self.tasks.items()])
-        _write_jsonl_atomic(meta / "episodes.jsonl", self.episodes)
-        _write_jsonl_atomic(meta / "episodes_stats.jsonl", self.episode_stats)
-        _write_json_atomic(meta / "stats.json", _merge_stats([e["stats"] for e in self.episode_stats]))
-        _write_json_atomic(meta / "info.json", info)  # last: info.json's totals describe files that exist
+        write_jsonl_atomic(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self.tasks.items()])
+        write_jsonl_atomic(meta / "episodes.jsonl", self.episodes)
+        write_jsonl_atomic(meta / "episodes_stats.jsonl", self.episode_stats)
+        write_json_atomic(meta / "stats.json", merge_stats([e["stats"] for e in self.episode_stats]))
+        write_json_atomic(meta / "info.json", info)  # last: info.json's totals describe files that exist
 
 
 @dataclass
@@ -411,8 +292,9 @@ class Episode:
     action_executed: np.ndarray  # float32 (T, A)
     intervention: np.ndarray  # bool (T,)
     next_success: np.ndarray  # bool (T,)
-    timestamp: np.ndarray  # float32 (T,)
+    timestamp: np.ndarray  # float32 (T,) frame_index / fps
     frames: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> uint8 (T, H, W, 3)
+    recorded_time: np.ndarray | None = None  # float32 (T,) the recorder's clock; None in datasets without it
 
     @property
     def length(self) -> int:
@@ -431,8 +313,8 @@ class LeRobotDataset:
         version = str(self.info.get("codebase_version", ""))
         if not version.startswith("v2"):
             raise DatasetError(f"{self.root}: codebase_version {version!r}; this reader handles v2.x")
-        self.episodes = _read_jsonl(self.root / "meta" / "episodes.jsonl")
-        self.tasks = {r["task_index"]: r["task"] for r in _read_jsonl(self.root / "meta" / "tasks.jsonl")}
+        self.episodes = read_jsonl(self.root / "meta" / "episodes.jsonl")
+        self.tasks = {r["task_index"]: r["task"] for r in read_jsonl(self.root / "meta" / "tasks.jsonl")}
         stats_path = self.root / "meta" / "stats.json"
         self.stats: dict[str, Any] = json.loads(stats_path.read_text()) if stats_path.exists() else {}
         feats = self.info["features"]
@@ -478,9 +360,9 @@ class LeRobotDataset:
                         index=ep, task=str(z["task"]), task_index=int(z["task_index"]), success=meta.get("success"),
                         state=z["state"], action=z["action"], action_executed=z["action_executed"],
                         intervention=z["intervention"], next_success=z["next_success"], timestamp=z["timestamp"],
-                        frames=frames,
+                        frames=frames, recorded_time=z["recorded_time"] if "recorded_time" in z.files else None,
                     )
-        _, pq = _import_pyarrow()
+        _, pq = import_pyarrow()
         chunk = ep // int(self.info.get("chunks_size", CHUNKS_SIZE))
         table = pq.read_table(self.root / self.info["data_path"].format(episode_chunk=chunk, episode_index=ep))
         cols = set(table.column_names)
@@ -497,6 +379,8 @@ class LeRobotDataset:
         next_success = (np.asarray(table.column("next.success").to_pylist(), dtype=bool)
                         if "next.success" in cols else np.zeros(n, dtype=bool))
         timestamp = np.asarray(table.column("timestamp").to_pylist(), dtype=np.float32)
+        recorded_time = (np.asarray(table.column("recorded_time").to_pylist(), dtype=np.float32)
+                         if "recorded_time" in cols else None)
         task_index = int(table.column("task_index")[0].as_py())
         frames: dict[str, np.ndarray] = {}
         if decode:
@@ -511,6 +395,7 @@ class LeRobotDataset:
             index=ep, task=self.tasks.get(task_index, meta["tasks"][0]), task_index=task_index,
             success=meta.get("success"), state=state, action=action, action_executed=executed,
             intervention=intervention, next_success=next_success, timestamp=timestamp, frames=frames,
+            recorded_time=recorded_time,
         )
 
     def build_cache(self) -> int:
@@ -525,7 +410,8 @@ class LeRobotDataset:
             tmp = path.with_name(path.stem + ".tmp.npz")
             np.savez_compressed(tmp, task=np.array(e.task), task_index=np.array(e.task_index), state=e.state, action=e.action,
                      action_executed=e.action_executed, intervention=e.intervention, next_success=e.next_success,
-                     timestamp=e.timestamp, **{f"frames.{c}": v for c, v in e.frames.items()})
+                     timestamp=e.timestamp, **({} if e.recorded_time is None else {"recorded_time": e.recorded_time}),
+                     **{f"frames.{c}": v for c, v in e.frames.items()})
             os.replace(tmp, path)
             n += 1
         return n
@@ -533,63 +419,3 @@ class LeRobotDataset:
     def __iter__(self) -> Iterator[Episode]:
         for i in range(len(self)):
             yield self.episode(i)
-
-
-def copy_subset(src: str | Path, dst: str | Path, per_task: int) -> int:
-    """Copy the first ``per_task`` episodes of every task of ``src`` into a new dataset ``dst`` (the same
-    demonstrations, fewer of them: for learning curves). Returns the number of episodes written."""
-    ds = LeRobotDataset(src)
-    if Path(dst).exists():
-        raise DatasetError(f"{dst} exists; subset into a new folder")
-    writer = LeRobotWriter(dst, fps=ds.fps, state_names=ds.state_names, action_names=ds.action_names,
-                           cameras=ds.cameras, robot_type=ds.info.get("robot_type") or "unitree_g1",
-                           extra_info={**ds.info.get("dit4dit", {}), "subset_of": str(src), "per_task": per_task})
-    kept: dict[str, int] = {}
-    for i, meta in enumerate(ds.episodes):
-        task = meta["tasks"][0]
-        if kept.get(task, 0) >= per_task:
-            continue
-        kept[task] = kept.get(task, 0) + 1
-        e = ds.episode(i)
-        for t in range(e.length):
-            writer.add_frame(state=e.state[t], action=e.action[t], action_executed=e.action_executed[t],
-                             images={c: f[t] for c, f in e.frames.items()}, task=e.task,
-                             intervention=bool(e.intervention[t]), timestamp=float(e.timestamp[t]))
-        extra = {k: v for k, v in meta.items() if k not in ("episode_index", "tasks", "length", "success")}
-        writer.save_episode(success=meta.get("success"), extra=extra)
-    return writer.num_episodes
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dit4dit.runtime.dataset {info,cache,subset} ROOT [DST --per-task N]``: summarise a dataset,
-    build its numpy cache, or copy the first N episodes per task into a new dataset."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m dit4dit.runtime.dataset", description=main.__doc__)
-    ap.add_argument("command", choices=["info", "cache", "subset"])
-    ap.add_argument("root")
-    ap.add_argument("dst", nargs="?", help="subset: the new dataset folder")
-    ap.add_argument("--per-task", type=int, default=None, help="subset: episodes kept per task")
-    args = ap.parse_args(argv)
-    if args.command == "subset":
-        if not args.dst or not args.per_task:
-            ap.error("subset needs DST and --per-task N")
-        n = copy_subset(args.root, args.dst, args.per_task)
-        LeRobotDataset(args.dst).build_cache()
-        print(f"{args.dst}: {n} episodes (first {args.per_task} per task of {args.root}), cache built")
-        return
-    ds = LeRobotDataset(args.root)
-    if args.command == "cache":
-        print(f"cached {ds.build_cache()} episode(s) under {ds.root / CACHE_DIR}")
-        return
-    print(f"{ds.root}: {len(ds)} episodes, {ds.num_frames} frames at {ds.fps:g} fps, cameras {ds.cameras}")
-    print(f"  state {len(ds.state_names)}: {ds.state_names}")
-    print(f"  action {len(ds.action_names)}: {ds.action_names}")
-    for idx, task in sorted(ds.tasks.items()):
-        eps = [e for e in ds.episodes if e["tasks"][0] == task]
-        ok = sum(1 for e in eps if e.get("success"))
-        print(f"  task {idx} {task!r}: {len(eps)} episodes, {ok} marked successful")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from dit4dit.datasets.tools import main
+
+main()
