@@ -3,7 +3,7 @@
 Their ``observation.state`` and ``action`` are 28 float32 values: the 14 arm joints (left arm, then right,
 in the SDK's order) and then 7 per hand. The hands differ: the left hand lists thumb 0-2, middle 0-1,
 index 0-1, the right hand thumb 0-2, index 0-1, middle 0-1 (shared/reference/cosmos-and-lerobot.md). The
-project orders both hands as ``g1_spec.DEX3_JOINTS`` (thumb, index, middle), so the left hand is permuted
+project orders both hands as ``g1_spec.HAND_JOINTS`` (thumb, index, middle), so the left hand is permuted
 and the right is not. Cameras: four 480x640 streams, ``cam_left_high``/``cam_right_high`` (the head's
 stereo frame split in half) and ``cam_left_wrist``/``cam_right_wrist``.
 """
@@ -21,34 +21,22 @@ CAMERAS = ("cam_left_high", "cam_right_high", "cam_left_wrist", "cam_right_wrist
 CAMERA_SHAPE = (480, 640)
 
 _ARM = [g1_spec.JOINTS[i] for i in g1_spec.ARM_JOINTS]  # left arm 15..21, right arm 22..28
-_HAND_ORDER = {  # Unitree's finger order per hand, as (finger, joint number)
-    "left": ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1", "index_0", "index_1"),
-    "right": ("thumb_0", "thumb_1", "thumb_2", "index_0", "index_1", "middle_0", "middle_1"),
-}
 
 
-def _unitree_hand_name(side: str, joint: str) -> str:
-    finger, k = joint.split("_")
+def _unitree_hand_name(project_name: str) -> str:
+    """``left_hand_middle_0_joint`` -> Unitree's ``kLeftHandMiddle0``."""
+    side, _, finger, k, _ = project_name.split("_")
     return f"k{side.capitalize()}Hand{finger.capitalize()}{k}"
 
 
-def hand_joint_name(side: str, joint: str) -> str:
-    """The project's name of a Dex3 joint, as the G1 URDF names it: ``left_hand_thumb_0_joint``."""
-    return f"{side}_hand_{joint}_joint"
-
-
-#: Unitree's 28 names in their order, and the project's name of each, position by position.
+#: Unitree's 28 names in their order, and the project's name of each, position by position (the hands'
+#: dataset order is g1_spec.DATASET_ORDER, next to the one hand-joint table).
+PROJECT_NAMES: tuple[str, ...] = tuple([j.name for j in _ARM] + list(g1_spec.DATASET_ORDER))
 UNITREE_NAMES: tuple[str, ...] = tuple(
-    [f"k{j.sdk_name}" for j in _ARM]
-    + [_unitree_hand_name(s, j) for s in ("left", "right") for j in _HAND_ORDER[s]]
+    [f"k{j.sdk_name}" for j in _ARM] + [_unitree_hand_name(n) for n in g1_spec.DATASET_ORDER]
 )
-PROJECT_NAMES: tuple[str, ...] = tuple(
-    [j.name for j in _ARM] + [hand_joint_name(s, j) for s in ("left", "right") for j in _HAND_ORDER[s]]
-)
-#: The 28 values in the project's own order: arms, then each hand in g1_spec.DEX3_JOINTS order.
-PROJECT_ORDER: tuple[str, ...] = tuple(
-    [j.name for j in _ARM] + [hand_joint_name(s, j) for s in ("left", "right") for j in g1_spec.DEX3_JOINTS]
-)
+#: The 28 values in the project's own order: arms, then the hands in g1_spec.HAND_JOINT_NAMES order.
+PROJECT_ORDER: tuple[str, ...] = tuple([j.name for j in _ARM] + list(g1_spec.HAND_JOINT_NAMES))
 ARM_NAMES: tuple[str, ...] = tuple(j.name for j in _ARM)
 
 
