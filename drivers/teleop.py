@@ -85,13 +85,6 @@ class TeleopDevice(abc.ABC):
     def _on_start(self) -> None:
         """Device-specific reset at takeover."""
 
-    def prepare(self) -> None:
-        """Build, before the robot moves, whatever a takeover needs.
-
-        A takeover runs inside the controller's tick; if it first had to import MuJoCo and compile the IK model
-        (about a second on a loaded machine), the real-time process would damp the arm for want of a plan.
-        """
-
     @abc.abstractmethod
     def target(self, now: float | None = None) -> np.ndarray | None: ...
 
@@ -139,9 +132,6 @@ class _CartesianMixin:
 
             self._kin = G1Kinematics()
         return self._kin
-
-    def prepare(self) -> None:
-        self._kinematics()
 
     def _ee_reset(self) -> None:
         assert self._q is not None
@@ -497,9 +487,6 @@ class ZmqTeleop(TeleopDevice):
 
     def _on_start(self) -> None:
         self._last_rx = None  # a takeover needs fresh input, not a message from before
-
-    def prepare(self) -> None:
-        self._kinematics()
 
     def _kinematics(self) -> Any:
         if self._kin is None:

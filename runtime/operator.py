@@ -145,8 +145,6 @@ class OperatorInputs:
         self._teleop_active = False
 
     def start(self) -> None:
-        if self.teleop is not None:
-            self.teleop.prepare()  # not at takeover: it would stall the tick that takes over
         if self.keyboard is not None:
             self.keyboard.start()
 
